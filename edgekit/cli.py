@@ -1,0 +1,155 @@
+"""Thin click group: parse arguments, call the library, print one-line errors.
+
+Heavy imports (torch, onnxruntime) happen inside the commands so ``edgekit --help`` is fast
+and the device can run ``edgekit run`` without torch installed."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn EdgekitError (and a few common user errors) into one line on stderr + exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except EdgekitError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def main(debug: bool) -> None:
+    """edgekit: train, compile and run visual anomaly detectors on a production line."""
+
+
+# ----------------------------------------------------------------------------- data
+@main.group()
+def data() -> None:
+    """Create and convert datasets (MVTec AD layout)."""
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--kind", default="fabric", show_default=True, help="Texture family.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n-train", default=120, show_default=True, type=int, help="Good training images.")
+@click.option("--n-test-good", default=40, show_default=True, type=int)
+@click.option("--n-test-defect", default=40, show_default=True, type=int, help="Defect images (spread over types).")
+@click.option("--size", default=256, show_default=True, type=int, help="Image side in pixels.")
+@_handle_errors
+def data_synth(out: str, kind: str, seed: int, n_train: int, n_test_good: int, n_test_defect: int, size: int) -> None:
+    """Write a synthetic textured dataset with defects and pixel masks to OUT."""
+    from edgekit.data.synth import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(
+        out, kind=kind, seed=seed, n_train=n_train, n_test_good=n_test_good,
+        n_test_defect=n_test_defect, size=size,
+    )
+    click.echo(summary)
+
+
+@data.command("elpv")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--type", "cell_type", type=click.Choice(["mono", "poly"]), required=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@_handle_errors
+def data_elpv(out: str, cell_type: str, seed: int) -> None:
+    """Convert the elpv-dataset package (solar cells) into the MVTec layout in OUT."""
+    from edgekit.data.elpv import write_elpv_dataset
+
+    click.echo(write_elpv_dataset(out, cell_type=cell_type, seed=seed))
+
+
+# ----------------------------------------------------------------------------- train
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Dataset (MVTec layout).")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's epochs.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Backbone weight file (offline).")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR's checkpoint.")
+@_handle_errors
+def train(recipe: str, data_dir: str, run_dir: str, epochs: int | None, device: str, seed: int | None,
+          weights: str | None, resume: bool) -> None:
+    """Train RECIPE on the good images of a dataset."""
+    from edgekit.train import train_run
+
+    train_run(recipe, data_dir, run_dir, epochs=epochs, device=device, seed=seed, weights=weights, resume=resume)
+
+
+# ----------------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write an HTML report.")
+@_handle_errors
+def evaluate(model_dir: str, data_dir: str, json_path: str | None, report_path: str | None) -> None:
+    """Evaluate a RUN_DIR (torch) or BUNDLE_DIR (onnxruntime) on the test split of a dataset."""
+    from edgekit.evaluate.run import evaluate_cli
+
+    evaluate_cli(model_dir, data_dir, json_path=json_path, report_path=report_path)
+
+
+# ----------------------------------------------------------------------------- build
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--target", type=click.Choice(["cpu", "jetson"]), default="cpu", show_default=True)
+@click.option("--out", "bundle_dir", type=click.Path(file_okay=False), default=None, help="Bundle directory.")
+@_handle_errors
+def build(model_dir: str, target: str, bundle_dir: str | None) -> None:
+    """Compile a RUN_DIR into a bundle (ONNX with scoring fused, manifest, hashes)."""
+    from edgekit.compile.build import build_cli
+
+    build_cli(model_dir, target=target, bundle_dir=bundle_dir)
+
+
+# ----------------------------------------------------------------------------- run
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--check", is_flag=True, help="Validate the config and exit.")
+@_handle_errors
+def run(config: str, check: bool) -> None:
+    """Run the inspection daemon described by CONFIG.yaml."""
+    from edgekit.runtime.daemon import run_cli
+
+    run_cli(config, check=check)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@click.option("--epochs", type=int, default=None, help="Override the demo's epochs.")
+@_handle_errors
+def demo(out_dir: str, epochs: int | None) -> None:
+    """Synthesize data, train, evaluate, build and replay through the daemon: end to end."""
+    from edgekit.demo import run_demo
+
+    run_demo(out_dir, epochs=epochs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,80 @@
+"""Strict, frozen pydantic models and the YAML loader that turns validation failures into
+one line per problem: ``file: key.path: value given must be ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgekit.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys forbidden, frozen after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _loc(loc: tuple[Any, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
+    """One line per problem: file, key path, value given and what is allowed."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # discriminated unions add the tag name to the path; drop it for readability
+        key = _loc(loc, prefix)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: {key}: unknown key (remove it or check the spelling)")
+            continue
+        if e["type"] == "missing":
+            lines.append(f"{source}: {key}: required key is missing")
+            continue
+        given = e.get("input")
+        given_s = repr(given) if not isinstance(given, dict) else "{...}"
+        if len(given_s) > 60:
+            given_s = given_s[:57] + "..."
+        msg = msg[0].lower() + msg[1:] if msg else msg
+        lines.append(f"{source}: {key}: {given_s} {msg}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader; ConfigError on a missing file or bad YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found (check the path)")
+    try:
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}:{where}: invalid YAML ({problem}); fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_model(model: type[M], data: Any, source: str, prefix: str = "") -> M:
+    """Validate ``data`` into ``model``; ConfigError with one line per problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, prefix)) from None

@@ -1,0 +1,91 @@
+"""Typed training recipe (recipes/*.yaml). Method-specific keys live under ``method:`` and are
+validated by the method plug-in's own config model (selected by ``method.type``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from edgekit.config.base import StrictModel, parse_model, read_yaml
+from edgekit.errors import ConfigError
+
+
+class BackboneConfig(StrictModel):
+    name: str = "tf_efficientnet_lite0"
+    # auto: offline package (lite0/1/2) or the hub when online; "none": random init (tests);
+    # anything else: path to a .pth/.safetensors state dict given by the user.
+    weights: str = "auto"
+    # feature stages (timm features_only out_indices); None = the method's default
+    layers: tuple[int, ...] | None = None
+
+
+class InputConfig(StrictModel):
+    size: int = Field(256, ge=32, le=2048, multiple_of=32)
+    # auto: near-square images are resized to size x size, elongated ones (aspect above
+    # max_aspect_for_resize) keep their aspect: short side -> size, tiled along the long side.
+    fit: Literal["auto", "resize", "tile"] = "auto"
+    max_aspect_for_resize: float = Field(1.5, ge=1.0, le=16.0)
+    tile_overlap: float = Field(0.25, ge=0.0, lt=0.9)
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(10, ge=1, le=10000)
+    batch_size: int = Field(8, ge=1, le=1024)
+    lr: float = Field(5e-3, gt=0, le=1.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.9)
+    early_stop_patience: int = Field(0, ge=0)  # epochs without val improvement; 0 = off
+    seed: int = 0
+    max_train_images: int | None = Field(None, ge=1)
+    hflip: bool = False  # only for products that are mirror-symmetric
+    num_workers: int = Field(0, ge=0)
+
+
+class ScoreConfig(StrictModel):
+    smoothing_sigma: float = Field(4.0, ge=0.0, le=32.0)
+
+
+class BuildConfig(StrictModel):
+    opset: int = Field(17, ge=17, le=21)
+    accuracy_tolerance_pt: float = Field(0.5, ge=0.0)
+    precisions: tuple[Literal["fp32", "fp16", "int8"], ...] = ("fp32", "fp16", "int8")
+
+
+class Recipe(StrictModel):
+    name: str
+    description: str = ""
+    method: dict[str, Any]
+    backbone: BackboneConfig = BackboneConfig()
+    input: InputConfig = InputConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    build: BuildConfig = BuildConfig()
+
+
+def method_config(recipe: Recipe, source: str = "recipe") -> BaseModel:
+    """Validate ``recipe.method`` with the selected method plug-in's config model."""
+    from edgekit.methods import METHODS
+
+    mtype = recipe.method.get("type")
+    if not isinstance(mtype, str):
+        raise ConfigError(f"{source}: method.type: required key is missing (valid: {', '.join(METHODS.names())})")
+    plugin = METHODS.get(mtype)
+    return parse_model(plugin.Config, recipe.method, source, prefix="method")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and fully validate a recipe file (including its method section)."""
+    data = read_yaml(path)
+    recipe = parse_model(Recipe, data, str(path))
+    method_config(recipe, str(path))
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    recipe = parse_model(Recipe, data, source)
+    method_config(recipe, source)
+    return recipe
