@@ -140,6 +140,40 @@ def run(config: str, check: bool) -> None:
     run_cli(config, check=check)
 
 
+# ----------------------------------------------------------------------------- station checks
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the checklist as JSON (for fleet tools).")
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
+              help="Bundle to verify instead of the one in CONFIG.")
+@click.option("--bundle-only", is_flag=True, help="Only check the config and the bundle hashes.")
+@_handle_errors
+def doctor(config: str | None, as_json: bool, bundle_dir: str | None, bundle_only: bool) -> None:
+    """Check this station (or CONFIG.yaml's): one line per item with a fix; exit 1 on failures."""
+    import json
+
+    from edgekit.doctor import doctor as run_doctor
+    from edgekit.doctor import stdout_is_unicode
+
+    report = run_doctor(config, bundle_dir=bundle_dir, bundle_only=bundle_only)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(report.to_text(unicode=stdout_is_unicode()))
+    sys.exit(report.exit_code)
+
+
+@main.command("verify-bundle")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@_handle_errors
+def verify_bundle(bundle_dir: str) -> None:
+    """Check BUNDLE_DIR's manifest schema and every file's sha256 (exit 2 if it is refused)."""
+    from edgekit.bundle.io import load_bundle
+
+    b = load_bundle(bundle_dir)
+    click.echo(f"{bundle_dir}: bundle {b.bundle_id} ({b.method}) ok, {len(b.manifest['files'])} files verified")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True)
 @click.option("--epochs", type=int, default=None, help="Override the demo's epochs.")
