@@ -82,10 +82,25 @@ def data_elpv(out: str, cell_type: str, seed: int) -> None:
     click.echo(write_elpv_dataset(out, cell_type=cell_type, seed=seed))
 
 
+@data.command("preview-synthesis")
+@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n", "n_images", default=4, show_default=True, type=int, help="Good images (rows) to show.")
+@click.option("--size", default=256, show_default=True, type=int, help="Side of each grid cell in pixels.")
+@_handle_errors
+def data_preview_synthesis(data_dir: str, out_path: str, seed: int, n_images: int, size: int) -> None:
+    """Write a PNG grid of CSE's synthetic defects on good images of DATA_DIR (outlined in red)."""
+    from edgekit.methods.cse.synthesis import write_preview
+
+    click.echo(write_preview(data_dir, out_path, seed=seed, n_images=n_images, size=size))
+
+
 # ----------------------------------------------------------------------------- train
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="Dataset (MVTec layout).")
+@click.option("--data", "data_dirs", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Dataset (MVTec layout); repeat to train on several categories at once.")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--epochs", type=int, default=None, help="Override the recipe's epochs.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -93,12 +108,12 @@ def data_elpv(out: str, cell_type: str, seed: int) -> None:
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Backbone weight file (offline).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR's checkpoint.")
 @_handle_errors
-def train(recipe: str, data_dir: str, run_dir: str, epochs: int | None, device: str, seed: int | None,
+def train(recipe: str, data_dirs: tuple[str, ...], run_dir: str, epochs: int | None, device: str, seed: int | None,
           weights: str | None, resume: bool) -> None:
     """Train RECIPE on the good images of a dataset."""
     from edgekit.train import train_run
 
-    train_run(recipe, data_dir, run_dir, epochs=epochs, device=device, seed=seed, weights=weights, resume=resume)
+    train_run(recipe, list(data_dirs), run_dir, epochs=epochs, device=device, seed=seed, weights=weights, resume=resume)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -126,6 +141,20 @@ def build(model_dir: str, target: str, bundle_dir: str | None) -> None:
     from edgekit.compile.build import build_cli
 
     build_cli(model_dir, target=target, bundle_dir=bundle_dir)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Good images of the new lot (a folder, or a dataset with train/good/).")
+@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Number of centres (default: keep).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@_handle_errors
+def recluster(run_dir: str, data_dir: str, k: int | None, device: str) -> None:
+    """Recompute a CSE run's k-means centres from new good images (embedder unchanged)."""
+    from edgekit.methods.cse.cluster import recluster_run
+
+    recluster_run(run_dir, data_dir, k=k, device=device)
 
 
 # ----------------------------------------------------------------------------- run

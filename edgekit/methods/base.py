@@ -61,7 +61,12 @@ class MethodPlugin:
 
     Config: type[StrictModel]
     family: str = "distillation"
-    default_layers: dict[str, tuple[int, ...]] = {}
+    # feature stages (timm ``out_indices``) used when the recipe's backbone.layers is unset
+    default_layers: tuple[int, ...] = (1, 2, 3)
+
+    def layers_for(self, recipe: Recipe) -> tuple[int, ...]:
+        """Feature stages to extract for this recipe."""
+        return tuple(recipe.backbone.layers) if recipe.backbone.layers else tuple(self.default_layers)
 
     def build(self, recipe: Recipe, cfg: Any, backbone: nn.Module) -> AnomalyModel:
         raise NotImplementedError

@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgekit-installed
+
+.PHONY: demo test test-all lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: torch 2.13 breaks torchvision, which timm needs
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[train,plc,jetson,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgekit demo --out demo-out
+
+test: $(STAMP)
+	$(BIN)/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-all: $(STAMP)
+	$(BIN)/pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgekit tests
+
+clean:
+	rm -rf demo-out .pytest_cache

@@ -1,0 +1,172 @@
+"""Typed daemon config (``edgekit run CONFIG.yaml``; ``--check`` validates only).
+
+Each camera, backend and output plug-in declares its own config model with a literal ``type``;
+the unions here select schema and class together (discriminated unions, as in Frigate's
+detector configs, but with explicit registration). Unknown keys and bad values become one line
+per problem naming file, key path, value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from edgekit.config.base import StrictModel, parse_model, read_yaml
+from edgekit.errors import ConfigError
+from edgekit.runtime.backends.ort import OrtBackendConfig
+from edgekit.runtime.capture.files import FolderCameraConfig, VideoCameraConfig
+from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig
+from edgekit.runtime.outputs.gpio import FakeGpioOutputConfig, GpiodOutputConfig
+
+SourceConfig = Annotated[
+    FolderCameraConfig | VideoCameraConfig,
+    Field(discriminator="type"),
+]
+BackendConfig = OrtBackendConfig
+OutputConfig = Annotated[
+    FakeGpioOutputConfig | GpiodOutputConfig,
+    Field(discriminator="type"),
+]
+EncoderConfig = Annotated[SimEncoderConfig | GpiodEncoderConfig, Field(discriminator="type")]
+
+
+class DecisionConfig(StrictModel):
+    # band overrides; None = the bundle's calibrated edges (an override is logged at startup)
+    accept_edge: float | None = None
+    reject_edge: float | None = None
+    review_as: Literal["review", "reject", "accept"] = "review"
+    failsafe_as: Literal["reject", "review"] = "reject"  # never accept a part nobody looked at
+    deadline_ms: float = Field(150.0, gt=0, le=60000)  # capture → decision, per part
+
+
+class SchedulerConfig(StrictModel):
+    mode: Literal["time", "encoder"] = "time"
+    delay_ms: float = Field(300.0, ge=0, le=600000)  # time mode: camera → reject station
+    distance_counts: int = Field(0, ge=0)  # encoder mode: camera → reject station, in ticks
+    pulse_ms: float = Field(20.0, gt=0, le=10000)
+    review_pulse_ms: float | None = Field(None, gt=0, le=10000)
+    overlap: Literal["merge", "extend"] = "merge"
+
+
+class PreprocessConfig(StrictModel):
+    max_pixels: int = Field(40_000_000, ge=64)
+    expect_width: int | None = Field(None, ge=8)
+    expect_height: int | None = Field(None, ge=8)
+
+
+class QueueConfig(StrictModel):
+    frames: int = Field(4, ge=1, le=1024)  # capture → inference; full = fail-safe, never unbounded
+    events: int = Field(10000, ge=10)
+
+
+class EventsConfig(StrictModel):
+    path: str = "events.db"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    max_rows: int | None = Field(5_000_000, ge=100)
+    max_age_days: float | None = Field(90.0, gt=0)
+    batch_ms: float = Field(20.0, ge=0, le=5000)  # group-commit window
+
+
+class ArchiveConfig(StrictModel):
+    enabled: bool = False
+    dir: str = "archive"
+    quota_mb: float = Field(1024.0, gt=0)
+    kinds: tuple[Literal["reject", "review", "failsafe"], ...] = ("reject", "review", "failsafe")
+    format: Literal["jpg", "png"] = "jpg"
+    heatmap: bool = True
+    queue: int = Field(32, ge=1)  # full queue: the image is skipped and counted, never blocks
+
+
+class MetricsConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)  # 0 = any free port (tests)
+
+
+class HealthConfig(StrictModel):
+    heartbeat_period_ms: float = Field(500.0, gt=0)
+    stall_s: float = Field(5.0, gt=0)  # no progress with parts pending → unhealthy, heartbeat stops
+    camera_retry_initial_s: float = Field(0.2, gt=0)
+    camera_retry_max_s: float = Field(10.0, gt=0)
+
+
+class LogConfig(StrictModel):
+    format: Literal["json", "text"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    decisions: bool = False  # one log line per committed decision (after it is in the event log)
+
+
+class RunConfig(StrictModel):
+    bundle: str
+    source: SourceConfig
+    backend: BackendConfig = OrtBackendConfig()
+    decision: DecisionConfig = DecisionConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    encoder: EncoderConfig | None = None
+    outputs: list[OutputConfig] = Field(default_factory=lambda: [FakeGpioOutputConfig()])
+    preprocess: PreprocessConfig = PreprocessConfig()
+    queues: QueueConfig = QueueConfig()
+    events: EventsConfig = EventsConfig()
+    archive: ArchiveConfig = ArchiveConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    health: HealthConfig = HealthConfig()
+    log: LogConfig = LogConfig()
+    watch_bundle: bool = False  # reload when bundle/manifest.json changes (besides SIGHUP)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.scheduler.mode == "encoder" and self.encoder is None and self.source.type != "sim":
+            raise ValueError("scheduler.mode 'encoder' needs an encoder section")
+        names = [o.name for o in self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"outputs: names must be unique, got {names}")
+        if self.scheduler.mode == "time" and self.decision.deadline_ms >= self.scheduler.delay_ms > 0:
+            raise ValueError(f"decision.deadline_ms={self.decision.deadline_ms} must be below "
+                             f"scheduler.delay_ms={self.scheduler.delay_ms} or parts pass the reject station undecided")
+        return self
+
+
+def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Make relative paths in the config relative to the config file's directory."""
+
+    def fix(p: str) -> str:
+        return p if "://" in p or Path(p).is_absolute() else str((base / p).resolve())
+
+    upd: dict[str, Any] = {"bundle": fix(cfg.bundle)}
+    if hasattr(cfg.source, "path") and cfg.source.type in ("folder", "video"):
+        upd["source"] = cfg.source.model_copy(update={"path": fix(cfg.source.path)})
+    upd["events"] = cfg.events.model_copy(update={"path": fix(cfg.events.path)})
+    upd["archive"] = cfg.archive.model_copy(update={"dir": fix(cfg.archive.dir)})
+    return cfg.model_copy(update=upd)
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, validate and resolve a run config; ``overrides`` are merged on top (dotted keys
+    allowed: ``{"source.rate_hz": 5}``)."""
+    p = Path(path)
+    data = read_yaml(p)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    cfg = parse_model(RunConfig, data, str(p))
+    return resolve_paths(cfg, p.parent)
+
+
+def parse_run_config(data: dict[str, Any], source: str = "<run config>", base: Path | None = None) -> RunConfig:
+    """Validate a run config given as a dict (API use); paths resolved against ``base``."""
+    cfg = parse_model(RunConfig, data, source)
+    return resolve_paths(cfg, base or Path.cwd())
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts, creating intermediate mappings."""
+    parts = key.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if nxt is None:
+            nxt = cur[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {part} is not a mapping")
+        cur = nxt
+    cur[parts[-1]] = value

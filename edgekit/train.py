@@ -1,0 +1,370 @@
+"""Training driver shared by every method: data → tiles → Adam + schedule → checkpoints.
+
+Run directory (RUN_DIR):
+  recipe.yaml     the fully resolved recipe (defaults filled in)
+  run.json        method, backbone, preprocessing, data hash, split, history, calibration
+  checkpoint.pt   last epoch: model + optimiser + scheduler + RNG state (for --resume)
+  model.pt        selected weights (best held-out-good loss, or last) used by evaluate/build
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from edgekit import __version__
+from edgekit.bundle.io import write_json_atomic
+from edgekit.config.recipe import Recipe, load_recipe, method_config, recipe_from_dict
+from edgekit.data.preprocess import PreprocessSpec, make_tiles
+from edgekit.errors import BundleError, ConfigError, DataError
+from edgekit.methods import METHODS
+from edgekit.methods.base import AnomalyModel
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "edgekit-run"
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    recipe: Recipe
+    model: AnomalyModel
+    info: dict[str, Any]
+    spec: PreprocessSpec
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def spec_from_recipe(recipe: Recipe, backbone: Any) -> PreprocessSpec:
+    """The preprocessing a run uses: recipe input section + the backbone's normalisation."""
+    i = recipe.input
+    return PreprocessSpec(
+        size=i.size, fit=i.fit, max_aspect_for_resize=i.max_aspect_for_resize, tile_overlap=i.tile_overlap,
+        mean=tuple(float(v) for v in backbone.mean), std=tuple(float(v) for v in backbone.std),
+    )
+
+
+def build_model(recipe: Recipe, weights: str | None = None) -> AnomalyModel:
+    """Instantiate the recipe's method on its backbone (weights: override of backbone.weights)."""
+    from edgekit.backbones import create_backbone
+
+    plugin = METHODS.get(recipe.method["type"])()
+    cfg = method_config(recipe)
+    bcfg = recipe.backbone if weights is None else recipe.backbone.model_copy(update={"weights": weights})
+    backbone = create_backbone(bcfg, plugin.layers_for(recipe))
+    model = plugin.build(recipe, cfg, backbone)
+    model.method_name = recipe.method["type"]
+    return model
+
+
+def normalise(tiles_u8: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(N, S, S, 3) uint8 → (N, 3, S, S) float32 normalised (same math as the exported graph)."""
+    x = tiles_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(spec.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def load_tiles(paths: Sequence[Path], spec: PreprocessSpec, desc: str = "decode") -> tuple[np.ndarray, list[str]]:
+    """Decode images and cut them into tiles. Unreadable files are skipped with a warning.
+
+    Returns: tiles (T, S, S, 3) uint8 and the list of skipped-file messages."""
+    from edgekit.data.images import read_image
+
+    out: list[np.ndarray] = []
+    skipped: list[str] = []
+    for p in tqdm(paths, desc=desc, unit="img", leave=False, disable=len(paths) < 50):
+        try:
+            img = read_image(p)
+        except DataError as exc:
+            skipped.append(str(exc))
+            log.warning("skipping %s", exc)
+            continue
+        tiles, _ = make_tiles(img, spec)
+        out.append(tiles)
+    if not out:
+        s = spec.size
+        return np.zeros((0, s, s, 3), np.uint8), skipped
+    return np.concatenate(out), skipped
+
+
+def _batches(tiles: np.ndarray, batch: int, shuffle: bool, rng: np.random.Generator | None,
+             hflip: bool = False) -> Iterator[torch.Tensor]:
+    idx = np.arange(len(tiles))
+    if shuffle and rng is not None:
+        rng.shuffle(idx)
+    for i in range(0, len(idx), batch):
+        b = tiles[idx[i : i + batch]]
+        if hflip and rng is not None:
+            flip = rng.random(len(b)) < 0.5
+            b = b.copy()
+            b[flip] = b[flip, :, ::-1]
+        yield torch.from_numpy(np.ascontiguousarray(b))
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, total_steps: int) -> Any:
+    t = recipe.train
+    if t.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=max(1, total_steps), pct_start=0.1)
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device visible to torch; use --device cpu or install a CUDA build")
+    return torch.device(device)
+
+
+def gather_training_images(data_dirs: Sequence[str | Path]) -> tuple[list[Path], str]:
+    """Union of train/good over one or more datasets (several = domain generalisation)."""
+    from edgekit.data.dataset import dataset_hash, scan_dataset
+
+    paths: list[Path] = []
+    for d in data_dirs:
+        paths.extend(scan_dataset(d).train_good)
+    return paths, dataset_hash(paths)
+
+
+def train_run(
+    recipe_path: str | Path,
+    data_dirs: str | Path | Sequence[str | Path],
+    run_dir: str | Path,
+    epochs: int | None = None,
+    device: str = "cpu",
+    seed: int | None = None,
+    weights: str | None = None,
+    resume: bool = True,
+    quiet: bool = False,
+) -> Path:
+    """Train a recipe on the good images of one or more datasets; returns RUN_DIR."""
+    from edgekit.data.dataset import split_train_val
+
+    if isinstance(data_dirs, (str, Path)):
+        data_dirs = [data_dirs]
+    recipe = load_recipe(recipe_path) if not isinstance(recipe_path, Recipe) else recipe_path
+    tr = recipe.train
+    if epochs is not None:
+        tr = tr.model_copy(update={"epochs": epochs})
+    if seed is not None:
+        tr = tr.model_copy(update={"seed": seed})
+    bb = recipe.backbone if weights is None else recipe.backbone.model_copy(update={"weights": weights})
+    recipe = recipe.model_copy(update={"train": tr, "backbone": bb})
+    run = Path(run_dir)
+    ckpt_path = run / "checkpoint.pt"
+    if run.exists() and (run / "run.json").exists() and not resume:
+        raise ConfigError(f"{run}: already holds a run; choose another --out or pass --resume to continue it")
+    dev = _resolve_device(device)
+    seed_everything(tr.seed)
+
+    all_paths, data_hash = gather_training_images(data_dirs)
+    if tr.max_train_images:
+        all_paths = all_paths[: tr.max_train_images]
+    train_paths, val_paths = split_train_val(all_paths, tr.val_fraction, tr.seed)
+
+    model = build_model(recipe).to(dev)
+    spec = spec_from_recipe(recipe, _backbone_of(model))
+    train_tiles, skipped = load_tiles(train_paths, spec, "decode train")
+    val_tiles, skipped_v = load_tiles(val_paths, spec, "decode val")
+    if len(train_tiles) == 0:
+        raise DataError(f"{', '.join(map(str, data_dirs))}: no readable training images in train/good; add good images")
+
+    params = list(model.trainable_parameters())
+    opt = torch.optim.Adam(params, lr=tr.lr, betas=tr.betas, weight_decay=tr.weight_decay)
+    steps_per_epoch = max(1, -(-len(train_tiles) // tr.batch_size))
+    sched = _make_scheduler(opt, recipe, tr.epochs * steps_per_epoch)
+    start_epoch, best_val, history, bad_epochs = 0, float("inf"), [], 0
+    t_spent = 0.0
+    run.mkdir(parents=True, exist_ok=True)
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        if ck.get("recipe") != _dump_recipe(recipe):
+            raise ConfigError(f"{run}: checkpoint was trained with a different recipe/options; use a new --out or --no-resume")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best_val, bad_epochs = ck["epoch"], ck["best_val"], ck["bad_epochs"]
+        history = json.loads(ck["history"])
+        t_spent = ck.get("train_time_s", 0.0)
+        torch.set_rng_state(ck["torch_rng"])
+        if not quiet:
+            print(f"resuming {run} at epoch {start_epoch}/{tr.epochs}")
+    (run / "recipe.yaml").write_text(_dump_recipe(recipe), encoding="utf-8")
+
+    amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    rng = np.random.default_rng(tr.seed + start_epoch)
+    stopped_early = False
+    for epoch in range(start_epoch, tr.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(
+            _batches(train_tiles, tr.batch_size, True, rng, tr.hflip), total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{tr.epochs}", unit="batch", disable=quiet, leave=False,
+        )
+        for b in bar:
+            x = normalise(b.to(dev, non_blocking=True), spec)
+            with torch.autocast(dev.type, enabled=amp):
+                loss, scalars = model.training_loss(x)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            n += 1
+            scalars = {"loss": float(loss.detach()), **scalars}
+            for k, v in scalars.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v:.4f}" for k, v in scalars.items()})
+        train_stats = {k: v / max(1, n) for k, v in sums.items()}
+        val_loss = _validation_loss(model, val_tiles, spec, tr.batch_size, dev) if len(val_tiles) else None
+        t_spent += time.perf_counter() - t0
+        rec = {"epoch": epoch + 1, **train_stats, "val_loss": val_loss, "time_s": round(time.perf_counter() - t0, 2)}
+        history.append(rec)
+        if not quiet:
+            vl = f" val {val_loss:.4f}" if val_loss is not None else ""
+            print(f"epoch {epoch + 1}/{tr.epochs}: loss {train_stats.get('loss', float('nan')):.4f}{vl} ({rec['time_s']} s)")
+        improved = val_loss is None or val_loss < best_val
+        if improved:
+            best_val = val_loss if val_loss is not None else best_val
+            bad_epochs = 0
+            _save_atomic({"model": model.state_dict()}, run / "model.pt")
+        else:
+            bad_epochs += 1
+        _save_atomic(
+            {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs, "history": json.dumps(history),
+                "recipe": _dump_recipe(recipe), "torch_rng": torch.get_rng_state(), "train_time_s": t_spent,
+            },
+            ckpt_path,
+        )
+        if tr.early_stop_patience and bad_epochs >= tr.early_stop_patience:
+            stopped_early = True
+            if not quiet:
+                print(f"early stop: no held-out improvement for {bad_epochs} epochs")
+            break
+
+    # selected weights, then method post-processing (e.g. CSE k-means) on the training tiles
+    model.load_state_dict(torch.load(run / "model.pt", map_location=dev, weights_only=True)["model"])
+    model.eval()
+    facts = model.after_training(normalise(b.to(dev), spec) for b in _batches(train_tiles, tr.batch_size, False, None))
+    _save_atomic({"model": model.state_dict()}, run / "model.pt")
+    calibration = provisional_calibration(model, val_tiles, spec, tr.batch_size, dev)
+    info = {
+        "format": RUN_FORMAT, "format_version": 1, "edgekit_version": __version__,
+        "method": recipe.method["type"], "backbone": recipe.backbone.name,
+        "layers": list(METHODS.get(recipe.method["type"])().layers_for(recipe)),
+        "preprocess": spec.to_dict(),
+        "data": {"dirs": [str(Path(d).resolve()) for d in data_dirs], "hash": data_hash,
+                 "n_train_images": len(train_paths), "n_val_images": len(val_paths),
+                 "n_train_tiles": int(len(train_tiles)), "n_val_tiles": int(len(val_tiles)),
+                 "val_images": [str(p) for p in val_paths], "skipped": skipped + skipped_v},
+        "epochs_done": history[-1]["epoch"] if history else 0, "stopped_early": stopped_early,
+        "train_time_s": round(t_spent, 1), "device": dev.type, "history": history,
+        "method_facts": facts, "calibration": calibration,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params_trainable": sum(p.numel() for p in model.trainable_parameters()),
+        "params_total": sum(p.numel() for p in model.parameters()),
+    }
+    write_json_atomic(run / "run.json", info)
+    if not quiet:
+        print(f"run saved to {run} ({info['epochs_done']} epochs, {info['train_time_s']} s)")
+    return run
+
+
+def _backbone_of(model: AnomalyModel) -> Any:
+    for name in ("teacher", "backbone", "encoder", "extractor"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise ConfigError(f"method {model.method_name}: model exposes no backbone (teacher/backbone attribute)")
+
+
+@torch.no_grad()
+def _validation_loss(model: AnomalyModel, tiles: np.ndarray, spec: PreprocessSpec, batch: int, dev: torch.device) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for b in _batches(tiles, batch, False, None):
+        loss, _ = model.training_loss(normalise(b.to(dev), spec))
+        total += float(loss) * len(b)
+        n += len(b)
+    return total / max(1, n)
+
+
+@torch.no_grad()
+def score_tiles_torch(model: AnomalyModel, tiles: np.ndarray, spec: PreprocessSpec, batch: int,
+                      dev: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and maps of (T, S, S, 3) uint8 tiles → maps (T, S, S) float32, scores (T,) float32."""
+    model.eval()
+    maps, scores = [], []
+    for b in _batches(tiles, batch, False, None):
+        out = model(normalise(b.to(dev), spec))
+        maps.append(out.map[:, 0].float().cpu().numpy())
+        scores.append(out.score.float().cpu().numpy())
+    if not scores:
+        s = spec.size
+        return np.zeros((0, s, s), np.float32), np.zeros((0,), np.float32)
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def provisional_calibration(model: AnomalyModel, val_tiles: np.ndarray, spec: PreprocessSpec, batch: int,
+                            dev: torch.device) -> dict[str, Any]:
+    """Until `edgekit calibrate` runs: threshold = max score of held-out good tiles (zero
+    false rejects on the held-out set). Marked provisional so the build can say so."""
+    if len(val_tiles) == 0:
+        return {"threshold": None, "accept_edge": None, "reject_edge": None,
+                "source": "none: no held-out good images (run `edgekit calibrate`)"}
+    _, scores = score_tiles_torch(model, val_tiles, spec, batch, dev)
+    t = float(np.max(scores))
+    return {"threshold": t, "accept_edge": t, "reject_edge": t, "n_good": int(len(scores)),
+            "source": "provisional: max held-out good tile score (run `edgekit calibrate` for a rate-based band)"}
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Load a trained run for evaluation/export (backbone weights come from the checkpoint)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise BundleError(f"{run}: run directory not found; train one with `edgekit train RECIPE --data DIR --out {run}`")
+    if not (run / "model.pt").is_file() or not (run / "run.json").is_file():
+        raise BundleError(f"{run}: no trained checkpoint (model.pt/run.json); train first or finish with `edgekit train ... --out {run}`")
+    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    recipe = recipe_from_dict(yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8")), str(run / "recipe.yaml"))
+    model = build_model(recipe, weights="none")
+    dev = _resolve_device(device)
+    state = torch.load(run / "model.pt", map_location=dev, weights_only=True)["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BundleError(f"{run}/model.pt: weights do not fit the recipe ({str(exc).splitlines()[0]}); retrain") from None
+    model.to(dev).eval()
+    return LoadedRun(run, recipe, model, info, PreprocessSpec.from_dict(info["preprocess"]))
