@@ -1,0 +1,556 @@
+"""Procedural textures with pixel-masked defects, written in the MVTec AD layout (numpy + OpenCV,
+no torch). Used by the demo, the tests and domain-generalisation experiments (several kinds =
+several "categories").
+
+Kinds:
+
+- ``fabric``: woven cloth rendered analytically per pixel: warp (vertical) and weft (horizontal)
+  yarns on a pitch of ~8–12 px at 256², interlaced in a plain or twill weave chosen by the
+  dataset seed, each yarn with its own thickness (slowly varying along its length), brightness
+  and waviness, cylindrical cross-section shading, darker where it dives under a crossing yarn,
+  twist striations and fibre noise stretched along the yarn; per image a slight rotation
+  (±3°), shift, lighting gradient, gain and sensor noise. Defects: hole, stain (oil or dye),
+  broken_yarn (a gap with a loose curled end), missing_yarn (a line across the image where one
+  yarn is absent), knot (a thick slub); about a quarter are rendered subtle.
+- ``tiles``: glazed ceramic: mottled multi-scale colour noise, mineral speckles, a soft glaze
+  highlight. Defects: crack, stain, chip.
+
+Every defect is composited only inside its mask, so the mask is exactly the set of pixels a
+defect may change. Output is deterministic per seed (same bytes on the same platform).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgekit.errors import ConfigError, DataError
+from edgekit.registry import Registry
+
+FABRIC_DEFECTS: tuple[str, ...] = ("hole", "stain", "broken_yarn", "missing_yarn", "knot")
+TILE_DEFECTS: tuple[str, ...] = ("crack", "stain", "chip")
+DEFECT_KINDS: tuple[str, ...] = tuple(dict.fromkeys(FABRIC_DEFECTS + TILE_DEFECTS))
+_SUBTLE_FRACTION = 0.25
+_MARKER = "synth.json"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells_y: int, cells_x: int) -> np.ndarray:
+    """Smooth noise, roughly N(0, 1) per cell, bicubically upsampled: (h, w) float32."""
+    grid = rng.standard_normal((max(2, cells_y), max(2, cells_x))).astype(np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return y, x
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    px = np.array([[[h * 179.0, s * 255.0, v * 255.0]]], dtype=np.float32).astype(np.uint8)
+    return cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------- fabric
+_WEAVES = {
+    # name: (warp-up count, warp-down count); warp is on top at (i, j) when (i ± j) % period < up
+    "plain": (1, 1),
+    "twill_2_1": (2, 1),
+    "twill_2_2": (2, 2),
+    "twill_3_1": (3, 1),
+}
+
+
+@dataclass(frozen=True)
+class FabricStyle:
+    """The cloth of one dataset (the seed picks it); images vary around it."""
+
+    weave: str
+    diagonal: int  # +1 or -1: direction of the twill line
+    pitch_px: float  # yarn spacing at 256 px image size
+    fill: float  # yarn width / pitch
+    thickness_jitter: float
+    warp_rgb: tuple[float, float, float]
+    weft_rgb: tuple[float, float, float]
+    backing_rgb: tuple[float, float, float]
+    twist_deg: float
+    fibre: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> FabricStyle:
+        """Draw a cloth style (weave, pitch, colours, yarn character)."""
+        weave = str(rng.choice(list(_WEAVES)))
+        hue = float(rng.random())
+        sat = float(rng.uniform(0.1, 0.7))
+        val = float(rng.uniform(0.5, 0.85))
+        warp = _hsv_to_rgb(hue, sat, val)
+        if rng.random() < 0.5:  # same yarn both ways, slightly different lot
+            weft = np.clip(warp * rng.uniform(0.9, 1.1), 0, 1)
+        else:  # e.g. denim: dyed warp, light weft
+            weft = _hsv_to_rgb(float((hue + rng.uniform(-0.1, 0.1)) % 1.0), sat * 0.3, min(0.95, val + 0.15))
+        backing = warp * 0.15
+        return cls(
+            weave=weave,
+            diagonal=int(rng.choice([-1, 1])),
+            pitch_px=float(rng.uniform(8.0, 12.0)),
+            fill=float(rng.uniform(0.72, 0.9)),
+            thickness_jitter=float(rng.uniform(0.03, 0.08)),
+            warp_rgb=tuple(float(c) for c in warp),
+            weft_rgb=tuple(float(c) for c in weft),
+            backing_rgb=tuple(float(c) for c in backing),
+            twist_deg=float(rng.uniform(20.0, 40.0)),
+            fibre=float(rng.uniform(0.04, 0.08)),
+        )
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What ``add_defect`` needs to align line defects with the yarns of a rendered image."""
+
+    angle_deg: float
+    pitch_px: float
+
+
+def _edge_shade(d: np.ndarray) -> np.ndarray:
+    """Brightness of a yarn at distance ``d`` (cell units, 0..1) from where it dives under."""
+    return 0.6 + 0.4 * np.sin(0.5 * np.pi * np.clip(d / 0.45, 0.0, 1.0))
+
+
+def _render_fabric(rng: np.random.Generator, size: int, style: FabricStyle) -> tuple[np.ndarray, Geometry]:
+    """Render one fabric image: (size, size, 3) float32 RGB in [0, 1] and its geometry."""
+    h = w = size
+    scale = size / 256.0
+    p = style.pitch_px * scale * float(rng.uniform(0.97, 1.03))
+    angle_deg = float(rng.uniform(-3.0, 3.0))
+    a = math.radians(angle_deg)
+    y, x = _grid(h, w)
+    x -= w / 2.0
+    y -= h / 2.0
+    u = math.cos(a) * x + math.sin(a) * y + float(rng.uniform(0, 100 * p))
+    v = -math.sin(a) * x + math.cos(a) * y + float(rng.uniform(0, 100 * p))
+    # gentle waviness: yarns are never perfectly straight
+    u = u + 0.35 * scale * np.sin(2 * np.pi * v / (rng.uniform(40, 90) * scale) + rng.uniform(0, 6.3))
+    v = v + 0.35 * scale * np.sin(2 * np.pi * u / (rng.uniform(40, 90) * scale) + rng.uniform(0, 6.3))
+
+    i_f = np.floor(u / p)
+    j_f = np.floor(v / p)
+    fu = u / p - i_f
+    fv = v / p - j_f
+    i0, j0 = int(i_f.min()), int(j_f.min())
+    ii = (i_f - i0).astype(np.int32)
+    jj = (j_f - j0).astype(np.int32)
+    n_i, n_j = int(ii.max()) + 2, int(jj.max()) + 2
+
+    # per-yarn character: thickness, brightness, along-length thickness wobble
+    tw = style.fill * (1 + style.thickness_jitter * rng.standard_normal(n_i)).astype(np.float32)
+    tf = style.fill * (1 + style.thickness_jitter * rng.standard_normal(n_j)).astype(np.float32)
+    bw = (1 + 0.05 * rng.standard_normal(n_i)).astype(np.float32)
+    bf = (1 + 0.05 * rng.standard_normal(n_j)).astype(np.float32)
+    lam_w = (rng.uniform(3, 9, n_i) * p).astype(np.float32)
+    ph_w = rng.uniform(0, 6.3, n_i).astype(np.float32)
+    lam_f = (rng.uniform(3, 9, n_j) * p).astype(np.float32)
+    ph_f = rng.uniform(0, 6.3, n_j).astype(np.float32)
+    wob = 0.06
+    tw_px = tw[ii] * (1 + wob * np.sin(2 * np.pi * v / lam_w[ii] + ph_w[ii]))
+    tf_px = tf[jj] * (1 + wob * np.sin(2 * np.pi * u / lam_f[jj] + ph_f[jj]))
+
+    up, down = _WEAVES[style.weave]
+    period = up + down
+
+    def warp_on_top(di: int, dj: int) -> np.ndarray:
+        gi, gj = i_f + di, j_f + dj
+        return np.mod(gi + style.diagonal * gj, period) < up
+
+    top = warp_on_top(0, 0)
+    top_prev, top_next = warp_on_top(0, -1), warp_on_top(0, 1)
+    left_weft, right_weft = ~warp_on_top(-1, 0), ~warp_on_top(1, 0)
+
+    dx = np.abs(fu - 0.5) * 2 / tw_px  # <1 inside the warp yarn
+    dy = np.abs(fv - 0.5) * 2 / tf_px
+    in_warp = dx < 1
+    in_weft = dy < 1
+    cyl_w = np.sqrt(np.clip(1 - dx * dx, 0, 1))
+    cyl_f = np.sqrt(np.clip(1 - dy * dy, 0, 1))
+    # along-length shading: a yarn on top darkens toward the cell edge where it goes under
+    along_w = np.where(top_prev, 1.0, _edge_shade(fv)) * np.where(top_next, 1.0, _edge_shade(1 - fv))
+    along_f = np.where(left_weft, 1.0, _edge_shade(fu)) * np.where(right_weft, 1.0, _edge_shade(1 - fu))
+
+    tw_rad = math.tan(math.radians(style.twist_deg))
+    period_tw = max(2.0, 2.6 * scale)
+    twist_w = np.sin(2 * np.pi * (u - v * tw_rad) / period_tw)
+    twist_f = np.sin(2 * np.pi * (v - u * tw_rad) / period_tw)
+    # fibre noise: stretched along each yarn direction (rotation is small, so axis-aligned)
+    fib_w = _smooth_noise(rng, h, w, h // 8, w // 1)
+    fib_f = _smooth_noise(rng, h, w, h // 1, w // 8)
+
+    light_w = (0.5 + 0.5 * cyl_w) * along_w * bw[ii] * (1 + 0.05 * twist_w + style.fibre * fib_w)
+    light_f = (0.5 + 0.5 * cyl_f) * along_f * bf[jj] * (1 + 0.05 * twist_f + style.fibre * fib_f)
+
+    warp_c = np.array(style.warp_rgb, np.float32)
+    weft_c = np.array(style.weft_rgb, np.float32)
+    back_c = np.array(style.backing_rgb, np.float32)
+    under = 0.55  # a yarn seen through a gap lies in the shadow of the one on top
+    show_warp = np.where(top, in_warp, in_warp & ~in_weft)
+    show_weft = np.where(top, ~in_warp & in_weft, in_weft)
+    warp_light = np.where(top, light_w, light_w * under)
+    weft_light = np.where(top, light_f * under, light_f)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = back_c
+    img = np.where(show_warp[..., None], warp_c * warp_light[..., None], img)
+    img = np.where(show_weft[..., None], weft_c * weft_light[..., None], img)
+
+    # dye unevenness, lighting gradient + vignette, gain, colour cast, sensor noise
+    dye = 1 + 0.03 * _smooth_noise(rng, h, w, 4, 4)
+    gx, gy = rng.uniform(-0.08, 0.08, 2)
+    r2 = (x * x + y * y) / (0.5 * size) ** 2
+    lighting = (1 + gx * x / (w / 2) + gy * y / (h / 2)) * (1 - 0.08 * r2) * rng.uniform(0.92, 1.08)
+    cast = (1 + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
+    img = img * (dye * lighting)[..., None] * cast
+    img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(1.2 / 255)
+    return np.clip(img, 0, 1).astype(np.float32), Geometry(angle_deg, p)
+
+
+# ----------------------------------------------------------------------------- tiles
+@dataclass(frozen=True)
+class TileStyle:
+    """The glaze of one tile dataset."""
+
+    base_rgb: tuple[float, float, float]
+    speckle_rgb: tuple[tuple[float, float, float], ...]
+    mottle: float
+    speckles_per_256: int
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> TileStyle:
+        """Draw a tile style (base colour, speckle colours, mottling)."""
+        base = _hsv_to_rgb(float(rng.uniform(0.02, 0.15)), float(rng.uniform(0.05, 0.45)), float(rng.uniform(0.55, 0.85)))
+        speck = tuple(
+            tuple(float(c) for c in np.clip(base * rng.uniform(0.35, 1.3, 3), 0, 1)) for _ in range(3)
+        )
+        return cls(tuple(float(c) for c in base), speck, float(rng.uniform(0.04, 0.09)), int(rng.integers(150, 400)))
+
+
+def _render_tiles(rng: np.random.Generator, size: int, style: TileStyle) -> tuple[np.ndarray, Geometry]:
+    """Render one glazed tile surface: (size, size, 3) float32 RGB in [0, 1]."""
+    h = w = size
+    mottle = np.zeros((h, w), np.float32)
+    for cells, amp in ((3, 1.0), (8, 0.6), (24, 0.35), (64, 0.2)):
+        mottle += amp * _smooth_noise(rng, h, w, cells, cells)
+    base = np.array(style.base_rgb, np.float32) * (1 + style.mottle * mottle)[..., None]
+    tint = _smooth_noise(rng, h, w, 5, 5)[..., None] * np.array([0.02, -0.01, -0.02], np.float32)
+    img = np.clip(base + tint, 0, 1)
+    n = int(style.speckles_per_256 * (size / 256.0) ** 2)
+    layer = np.zeros((h, w, 3), np.float32)
+    cover = np.zeros((h, w), np.float32)
+    for _ in range(n):
+        c = style.speckle_rgb[int(rng.integers(len(style.speckle_rgb)))]
+        cx, cy = int(rng.integers(w)), int(rng.integers(h))
+        r = int(rng.integers(0, 3))
+        cv2.circle(layer, (cx, cy), r, c, -1, lineType=cv2.LINE_AA)
+        cv2.circle(cover, (cx, cy), r, 1.0, -1, lineType=cv2.LINE_AA)
+    img = img * (1 - cover[..., None]) + layer * cover[..., None]
+    y, x = _grid(h, w)
+    hx, hy = rng.uniform(0.2, 0.8, 2) * size
+    glaze = 0.06 * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / (2 * (0.35 * size) ** 2))
+    img = img * rng.uniform(0.93, 1.07) + glaze[..., None]
+    img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(1.2 / 255)
+    return np.clip(img, 0, 1).astype(np.float32), Geometry(0.0, 10.0 * size / 256.0)
+
+
+# ----------------------------------------------------------------------------- kinds
+@dataclass(frozen=True)
+class _Kind:
+    sample_style: Callable[[np.random.Generator], object]
+    render: Callable[[np.random.Generator, int, object], tuple[np.ndarray, Geometry]]
+    defects: tuple[str, ...]
+    describe: Callable[[object], str]
+
+
+SYNTH_KINDS: Registry[_Kind] = Registry("synthetic kind")
+SYNTH_KINDS.register("fabric")(
+    _Kind(FabricStyle.sample, _render_fabric, FABRIC_DEFECTS, lambda s: f"{s.weave} weave, pitch {s.pitch_px:.1f} px")
+)
+SYNTH_KINDS.register("tiles")(_Kind(TileStyle.sample, _render_tiles, TILE_DEFECTS, lambda s: "glazed ceramic"))
+
+
+def generate_fabric(rng: np.random.Generator, size: int = 256, style: FabricStyle | None = None) -> np.ndarray:
+    """A defect-free woven fabric image.
+
+    Args:
+        rng: randomness (style, when not given, and per-image variation).
+        size: image side in pixels.
+        style: the cloth; drawn from ``rng`` when None.
+    Returns:
+        (size, size, 3) uint8 RGB.
+    """
+    style = style if style is not None else FabricStyle.sample(rng)
+    img, _ = _render_fabric(rng, size, style)
+    return _to_u8(img)
+
+
+def generate_tiles(rng: np.random.Generator, size: int = 256, style: TileStyle | None = None) -> np.ndarray:
+    """A defect-free glazed ceramic tile image: (size, size, 3) uint8 RGB."""
+    style = style if style is not None else TileStyle.sample(rng)
+    img, _ = _render_tiles(rng, size, style)
+    return _to_u8(img)
+
+
+# ----------------------------------------------------------------------------- defects
+def _soft_blob(rng: np.random.Generator, h: int, w: int, center: tuple[float, float], radius: float,
+               irregular: float = 0.25) -> np.ndarray:
+    """Irregular elliptic blob as a normalised radius field (<1 inside): (h, w) float32."""
+    y, x = _grid(h, w)
+    cx, cy = center
+    th = rng.uniform(0, np.pi)
+    ry = radius * rng.uniform(0.6, 1.4)
+    dx, dy = x - cx, y - cy
+    xr = math.cos(th) * dx + math.sin(th) * dy
+    yr = -math.sin(th) * dx + math.cos(th) * dy
+    r = np.sqrt((xr / radius) ** 2 + (yr / ry) ** 2)
+    return r + irregular * _smooth_noise(rng, h, w, 6, 6) * np.clip(r, 0, 1.5)
+
+
+def _line_coords(h: int, w: int, center: tuple[float, float], angle_rad: float) -> tuple[np.ndarray, np.ndarray]:
+    """(along, across) signed distances in px of each pixel from a line through ``center``."""
+    y, x = _grid(h, w)
+    dx, dy = x - center[0], y - center[1]
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def _directional_blur(img: np.ndarray, length_px: float, angle_rad: float) -> np.ndarray:
+    k = max(3, int(round(length_px)) | 1)
+    kernel = np.zeros((k, k), np.float32)
+    c = k // 2
+    dx, dy = math.cos(angle_rad) * c, math.sin(angle_rad) * c
+    cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1.0, 1)
+    kernel /= kernel.sum()
+    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+def _center(rng: np.random.Generator, h: int, w: int, margin: float = 0.15) -> tuple[float, float]:
+    return float(rng.uniform(margin, 1 - margin) * w), float(rng.uniform(margin, 1 - margin) * h)
+
+
+def add_defect(
+    rgb: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    *,
+    subtle: bool | None = None,
+    angle_deg: float = 0.0,
+    pitch_px: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one defect into an image; only pixels inside the returned mask change.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB (any texture).
+        kind: one of ``DEFECT_KINDS`` (hole, stain, broken_yarn, missing_yarn, knot, crack, chip).
+        rng: randomness for placement, size and strength.
+        subtle: weaker, smaller variant; None draws it (25 %).
+        angle_deg: yarn direction of the image (weft along ``angle_deg``, warp perpendicular), so
+            line defects follow the weave.
+        pitch_px: yarn spacing in px (default: image side / 24).
+    Returns:
+        (rgb (H, W, 3) uint8, mask (H, W) bool).
+    Raises:
+        ConfigError: unknown ``kind``.
+    """
+    if kind not in DEFECT_KINDS:
+        raise ConfigError(f"unknown defect kind {kind!r} (valid: {', '.join(DEFECT_KINDS)})")
+    h, w = rgb.shape[:2]
+    size = float(min(h, w))
+    pitch = float(pitch_px) if pitch_px else size / 24.0
+    if subtle is None:
+        subtle = bool(rng.random() < _SUBTLE_FRACTION)
+    img = rgb.astype(np.float32) / 255.0
+    mean_c = img.reshape(-1, 3).mean(axis=0)
+    weft_dir = math.radians(angle_deg)
+    # alpha: how much of ``target`` replaces the image at each pixel (0 outside the defect)
+    alpha = np.zeros((h, w), np.float32)
+    target = img.copy()
+
+    if kind in ("hole", "chip"):
+        radius = size * (rng.uniform(0.025, 0.045) if subtle else rng.uniform(0.045, 0.09))
+        r = _soft_blob(rng, h, w, _center(rng, h, w), radius, 0.5)
+        rim = 1.25
+        alpha = np.where(r < rim, 1.0, 0.0).astype(np.float32)
+        yy = _smooth_noise(rng, h, w, int(size / 4), int(size / 4))
+        if kind == "hole":  # dark backing through the hole, frayed darker rim
+            inside = np.clip(np.array([0.06, 0.06, 0.07]) * rng.uniform(0.5, 2.0) + 0.02 * yy[..., None], 0, 1)
+            rim_img = img * (0.55 + 0.15 * yy[..., None])
+        else:  # chipped glaze: light, rough ceramic body, shaded edge
+            body = np.clip(np.array([0.86, 0.82, 0.74]) * rng.uniform(0.9, 1.05), 0, 1)
+            inside = body * (1 + 0.06 * yy[..., None])
+            rim_img = img * 0.7
+        target = np.where((r < 1)[..., None], inside, rim_img).astype(np.float32)
+
+    elif kind == "stain":
+        radius = size * (rng.uniform(0.04, 0.07) if subtle else rng.uniform(0.06, 0.13))
+        r = _soft_blob(rng, h, w, _center(rng, h, w), radius, 0.35)
+        a = np.clip((1.0 - r) / 0.5, 0, 1)
+        a = np.where(a < 0.03, 0.0, a).astype(np.float32)
+        strength = rng.uniform(0.2, 0.3) if subtle else rng.uniform(0.5, 0.8)
+        alpha = a * strength
+        if rng.random() < 0.5:  # oil: darker, a little more saturated
+            target = img * np.array([0.4, 0.36, 0.3], np.float32)
+        else:  # dye / colour stain keeps the texture, shifts the colour
+            tint = _hsv_to_rgb(float(rng.random()), float(rng.uniform(0.5, 0.9)), 0.9)
+            target = img * (tint / np.maximum(tint.mean(), 1e-3))
+
+    elif kind in ("broken_yarn", "missing_yarn"):
+        direction = weft_dir + (math.pi / 2 if rng.random() < 0.5 else 0.0)
+        center = _center(rng, h, w, 0.2)
+        along, across = _line_coords(h, w, center, direction)
+        width = pitch * (rng.uniform(0.45, 0.6) if subtle else rng.uniform(0.6, 0.85))
+        band = np.abs(across) < width / 2
+        # the crossing yarns show through continuously: smear across the gap, and it is darker
+        smear = _directional_blur(img, pitch * 1.5, direction + math.pi / 2)
+        dark = rng.uniform(0.65, 0.75) if subtle else rng.uniform(0.35, 0.55)
+        if kind == "missing_yarn":
+            alpha = band.astype(np.float32)
+            target = smear * dark
+        else:
+            length = size * (rng.uniform(0.1, 0.18) if subtle else rng.uniform(0.15, 0.35))
+            seg = band & (np.abs(along) < length / 2)
+            target = smear * dark
+            # the loose end curls out of the fabric at one end of the gap
+            layer = np.zeros((h, w), np.float32)
+            sign = 1 if rng.random() < 0.5 else -1
+            end = np.array(center) + sign * (length / 2) * np.array([math.cos(direction), math.sin(direction)])
+            t = np.linspace(0, 1, 24)
+            bend = rng.uniform(0.6, 1.6) * rng.choice([-1, 1])
+            ang = direction + (0 if sign > 0 else math.pi) + bend * t
+            step = length * rng.uniform(0.3, 0.6) / len(t)
+            pts = end + np.cumsum(np.stack([np.cos(ang), np.sin(ang)], 1) * step, axis=0)
+            thick = max(2, int(round(pitch * 0.45)))
+            cv2.polylines(layer, [np.round(pts).astype(np.int32)], False, 1.0, thick, lineType=cv2.LINE_8)
+            fibre_c = np.clip(mean_c * rng.uniform(1.05, 1.25), 0, 1)
+            stripes = 1 + 0.08 * np.sin(np.arange(w, dtype=np.float32)[None, :] * 2.1 + np.arange(h)[:, None] * 1.3)
+            loose = (layer > 0) & ~seg
+            target = np.where(loose[..., None], fibre_c * stripes[..., None], target).astype(np.float32)
+            alpha = (seg | loose).astype(np.float32)
+
+    elif kind == "knot":
+        direction = weft_dir + (math.pi / 2 if rng.random() < 0.5 else 0.0)
+        along, across = _line_coords(h, w, _center(rng, h, w), direction)
+        length = pitch * (rng.uniform(1.8, 2.5) if subtle else rng.uniform(3.0, 5.0))
+        width = pitch * (rng.uniform(1.0, 1.3) if subtle else rng.uniform(1.3, 2.0))
+        r = np.sqrt((along / (length / 2)) ** 2 + (across / (width / 2)) ** 2)
+        alpha = np.clip((1 - r) / 0.25, 0, 1).astype(np.float32)
+        bright = rng.uniform(1.15, 1.3) if subtle else rng.uniform(1.35, 1.7)
+        shade = 0.7 + 0.45 * np.sqrt(np.clip(1 - r * r, 0, 1))
+        twist = 1 + 0.1 * np.sin(2 * np.pi * (along * 0.6 + across) / max(2.0, pitch * 0.3))
+        target = (mean_c * bright * (shade * twist)[..., None]).astype(np.float32)
+
+    elif kind == "crack":
+        layer = np.zeros((h, w), np.float32)
+        n = int(rng.integers(20, 40))
+        ang = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.35, n))
+        step = size * (rng.uniform(0.006, 0.01) if subtle else rng.uniform(0.01, 0.018))
+        pts = np.array(_center(rng, h, w, 0.25)) + np.cumsum(np.stack([np.cos(ang), np.sin(ang)], 1) * step, 0)
+        thick = 1 if subtle else int(rng.integers(1, 3))
+        cv2.polylines(layer, [np.round(pts).astype(np.int32)], False, 1.0, thick, lineType=cv2.LINE_8)
+        alpha = layer
+        target = img * (rng.uniform(0.6, 0.75) if subtle else rng.uniform(0.25, 0.45))
+
+    out = img * (1 - alpha[..., None]) + target * alpha[..., None]
+    out_u8 = _to_u8(out)
+    out_u8 = np.where((alpha > 0)[..., None], out_u8, rgb)  # bit-exact outside the mask
+    return out_u8, alpha > 0
+
+
+# ----------------------------------------------------------------------------- dataset
+def _write_png(path: Path, rgb_or_mask: np.ndarray) -> None:
+    img = rgb_or_mask if rgb_or_mask.ndim == 2 else cv2.cvtColor(rgb_or_mask, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), img):
+        raise DataError(f"{path}: cannot write image; check the folder is writable")
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is a file; choose a folder path for the dataset")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / _MARKER).is_file():
+            raise DataError(f"{out}: folder is not empty; choose a new output folder or empty it")
+        # our own earlier output: regenerate from scratch so no stale files remain
+        for sub in ("train", "test", "ground_truth"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / _MARKER).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_synthetic_dataset(
+    out: str | Path,
+    kind: str = "fabric",
+    seed: int = 0,
+    n_train: int = 120,
+    n_test_good: int = 40,
+    n_test_defect: int = 40,
+    size: int = 256,
+) -> str:
+    """Write a synthetic dataset in the MVTec AD layout and return a one-line summary.
+
+    ``train/good``, ``test/good``, ``test/<defect>/NNN.png`` and
+    ``ground_truth/<defect>/NNN_mask.png`` (uint8 0/255). Defect types are assigned round-robin,
+    about a quarter subtle. ``synth.json`` records the parameters; a folder holding one is
+    regenerated in place, any other non-empty folder is refused.
+
+    Raises:
+        ConfigError: unknown ``kind`` (lists the valid kinds) or invalid counts/size.
+        DataError: OUT is a file or a non-empty folder not written by this function.
+    """
+    spec = SYNTH_KINDS.get(kind)
+    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
+        raise ConfigError(f"n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}: "
+                          "need n_train ≥ 1 and non-negative test counts")
+    if size < 32:
+        raise ConfigError(f"size: {size} must be ≥ 32 pixels")
+    out_p = Path(out)
+    _prepare_out(out_p)
+    style = spec.sample_style(np.random.default_rng([seed, 7919]))
+    width = max(3, len(str(max(n_train, n_test_good, n_test_defect) - 1)))
+
+    def render(split: int, idx: int) -> tuple[np.ndarray, Geometry, np.random.Generator]:
+        rng = np.random.default_rng([seed, split, idx])
+        img, geom = spec.render(rng, size, style)
+        return _to_u8(img), geom, rng
+
+    (out_p / "train" / "good").mkdir(parents=True)
+    for i in range(n_train):
+        _write_png(out_p / "train" / "good" / f"{i:0{width}d}.png", render(0, i)[0])
+    (out_p / "test" / "good").mkdir(parents=True)
+    for i in range(n_test_good):
+        _write_png(out_p / "test" / "good" / f"{i:0{width}d}.png", render(1, i)[0])
+    counts: dict[str, int] = {}
+    n_subtle = 0
+    for i in range(n_test_defect):
+        defect = spec.defects[i % len(spec.defects)]
+        img, geom, rng = render(2, i)
+        subtle = bool(rng.random() < _SUBTLE_FRACTION)
+        n_subtle += subtle
+        img, mask = add_defect(img, defect, rng, subtle=subtle, angle_deg=geom.angle_deg, pitch_px=geom.pitch_px)
+        k = counts.get(defect, 0)
+        counts[defect] = k + 1
+        for sub in ("test", "ground_truth"):
+            (out_p / sub / defect).mkdir(parents=True, exist_ok=True)
+        _write_png(out_p / "test" / defect / f"{k:0{width}d}.png", img)
+        _write_png(out_p / "ground_truth" / defect / f"{k:0{width}d}_mask.png", mask.astype(np.uint8) * 255)
+    meta = {"kind": kind, "seed": seed, "size": size, "n_train": n_train, "n_test_good": n_test_good,
+            "defects": counts, "n_subtle": n_subtle, "style": asdict(style)}
+    (out_p / _MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    per = ", ".join(f"{d} {c}" for d, c in counts.items()) or "none"
+    return (f"wrote synthetic {kind} dataset ({spec.describe(style)}, seed {seed}, {size}x{size} px) to {out_p}: "
+            f"{n_train} train/good, {n_test_good} test/good, {n_test_defect} defect ({per}; {n_subtle} subtle) "
+            f"with masks in ground_truth/")
