@@ -1,0 +1,760 @@
+"""The inspection daemon: wires the stages, owns the bounded queues, threads, deadlines,
+watchdogs and shutdown order. Nothing else in the runtime knows about threads or YAML.
+
+Threads:
+  capture   camera.read() → admit (deadline registered) → frames queue (bounded)
+  infer     preprocess → backend → score → decision (one part at a time, current bundle)
+  line      deadlines (fail-safe), pulse timeline (time/encoder targets), heartbeat
+  events    group commits to SQLite, then the "decision" log line (reported = durable)
+  archive   reject-frame images under a disk quota (queue full: skipped, counted)
+  metrics   Prometheus /metrics and /healthz on 127.0.0.1
+The main thread (``run_cli``) handles signals, sd_notify readiness/watchdog and SIGHUP reloads.
+
+Every admitted part is decided exactly once: by its result, or by its deadline (fail-safe)."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import os
+import queue
+import signal
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.bundle.io import Bundle, load_bundle
+from edgekit.config.run import RunConfig, load_run_config, parse_run_config
+from edgekit.errors import ConfigError, DataError, DeviceError, EdgekitError
+from edgekit.runtime.archive import Archive
+from edgekit.runtime.backends import BACKENDS, Backend
+from edgekit.runtime.capture import CAMERAS, Camera
+from edgekit.runtime.decision import Band, Decider
+from edgekit.runtime.encoder import Encoder, make_encoder
+from edgekit.runtime.events import EventLog, decision_row
+from edgekit.runtime.logs import emit, setup_logging
+from edgekit.runtime.metrics import Metrics, MetricsServer
+from edgekit.runtime.outputs import OUTPUTS, Output
+from edgekit.runtime.preprocess import Preprocessor
+from edgekit.runtime.scheduler import Edge, PulseTimeline, RejectScheduler
+from edgekit.runtime.score import Scorer
+from edgekit.runtime.sdnotify import SdNotifier
+from edgekit.runtime.types import Decision, Frame
+
+_STOP = object()
+_SPIN_NS = 1_500_000  # the last 1.5 ms before an edge are slept in tiny steps (≤ 1 ms jitter)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The stages that depend on the bundle; swapped as a whole on reload."""
+
+    bundle: Bundle
+    preprocessor: Preprocessor
+    backend: Backend
+    scorer: Scorer
+    decider: Decider
+
+
+class PartTracker:
+    """Parts admitted but not yet decided, with their deadlines (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, Frame] = {}
+        self._heap: list[tuple[int, int]] = []
+
+    def add(self, frame: Frame, deadline_ns: int) -> None:
+        with self._lock:
+            self._pending[frame.part_id] = frame
+            heapq.heappush(self._heap, (deadline_ns, frame.part_id))
+
+    def is_pending(self, part_id: int) -> bool:
+        with self._lock:
+            return part_id in self._pending
+
+    def take(self, part_id: int) -> Frame | None:
+        """Claim a part for deciding; None if it was already decided (e.g. by its deadline)."""
+        with self._lock:
+            return self._pending.pop(part_id, None)
+
+    def expired(self, now_ns: int) -> list[Frame]:
+        """Claim every pending part whose deadline has passed."""
+        out = []
+        with self._lock:
+            while self._heap and self._heap[0][0] <= now_ns:
+                _, pid = heapq.heappop(self._heap)
+                f = self._pending.pop(pid, None)
+                if f is not None:
+                    out.append(f)
+        return out
+
+    def next_deadline(self) -> int | None:
+        with self._lock:
+            while self._heap and self._heap[0][1] not in self._pending:
+                heapq.heappop(self._heap)
+            return self._heap[0][0] if self._heap else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+def _reason(error: str) -> str:
+    return error.split(":", 1)[0].strip() or "bad_frame"
+
+
+class Daemon:
+    """One inspection line. Construct (no I/O), ``start()``, then ``wait()`` / ``stop()``.
+
+    Stage objects may be injected (tests, simulator); otherwise they are built from ``cfg``.
+
+    Args:
+        cfg: validated RunConfig (paths resolved).
+        on_decision: called in the events thread for every decision after it is committed.
+    """
+
+    def __init__(self, cfg: RunConfig, *, camera: Camera | None = None, backend: Backend | None = None,
+                 outputs: list[Output] | None = None, encoder: Encoder | None = None,
+                 on_decision: Any = None, logger: logging.Logger | None = None) -> None:
+        self.cfg = cfg
+        self.log = logger or logging.getLogger("edgekit.runtime")
+        self.metrics = Metrics()
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.encoder = encoder if encoder is not None else (make_encoder(cfg.encoder) if cfg.encoder else None)
+        self.camera = camera or self._make_camera()
+        self._backend_given = backend
+        self.outputs = outputs if outputs is not None else [OUTPUTS.get(o.type)(o) for o in cfg.outputs]
+        s = cfg.scheduler
+        self.scheduler = RejectScheduler(s.mode, s.distance_counts, s.delay_ms, s.pulse_ms, s.review_pulse_ms)
+        self.timeline = PulseTimeline(overlap=s.overlap)
+        self.tracker = PartTracker()
+        self.event_log = EventLog(cfg.events.path, cfg.events.synchronous, cfg.events.max_rows, cfg.events.max_age_days)
+        self.archive = Archive(cfg.archive) if cfg.archive.enabled else None
+        self.on_decision = on_decision
+        self.pipeline: Pipeline | None = None
+        self.notes: list[str] = []
+        self._frames_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.queues.frames)
+        self._events_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.queues.events)
+        self._line_cv = threading.Condition()
+        self._stop_capture = threading.Event()
+        self._stop_line = threading.Event()
+        self._source_done = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._failsafe: Counter[str] = Counter()
+        self._stage_s: dict[str, deque[float]] = {}
+        self._pulses: Counter[str] = Counter()
+        self._late_pulses = 0
+        self._frames = 0
+        self._frames_missed = 0
+        self._reconnects = 0
+        self._committed = 0
+        self._last_progress_ns = time.monotonic_ns()
+        self._metrics_server: MetricsServer | None = None
+        self.metrics_port: int | None = None
+        self.fatal: BaseException | None = None
+        self._started = False
+        self._swap_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+    def _make_camera(self) -> Camera:
+        cls = CAMERAS.get(self.cfg.source.type)
+        if getattr(cls, "needs_encoder", False):
+            return cls(self.cfg.source, encoder=self.encoder)
+        return cls(self.cfg.source)
+
+    def build_pipeline(self, bundle_dir: str | Path, backend: Backend | None = None) -> Pipeline:
+        """Load and verify a bundle and build the stages that depend on it (file I/O here only)."""
+        bundle = load_bundle(bundle_dir)
+        bcfg = self.cfg.backend
+        if backend is None:
+            cls = BACKENDS.get(bcfg.type)
+            info = BACKENDS.info(bcfg.type)
+            prec = getattr(bcfg, "precision", None)
+            if prec is not None and prec not in info.get("precisions", (prec,)):
+                raise ConfigError(f"backend {bcfg.type} cannot run precision {prec!r} "
+                                  f"(supports {', '.join(info['precisions'])})")
+            backend = cls(bcfg)
+        backend.load(bundle)
+        d = self.cfg.decision
+        band = Band.resolve(bundle.thresholds, d.accept_edge, d.reject_edge)
+        p = self.cfg.preprocess
+        expect = (p.expect_height, p.expect_width) if p.expect_height and p.expect_width else None
+        pre = Preprocessor(bundle.preprocess, p.max_pixels, expect)
+        return Pipeline(bundle, pre, backend, Scorer(), Decider(band, d.review_as, d.failsafe_as))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Load the bundle, open log, outputs, encoder and camera, start the threads."""
+        self.pipeline = self.build_pipeline(self.cfg.bundle, self._backend_given)
+        band = self.pipeline.decider.band
+        if band.source == "config":
+            self.notes.append(f"decision band overridden by config: accept_edge={band.accept_edge} "
+                              f"reject_edge={band.reject_edge} (bundle: {self.pipeline.bundle.thresholds})")
+        for o in self.outputs:
+            if not type(o).can_pulse and self.cfg.scheduler.mode and "reject" in o.roles():
+                self.notes.append(f"output {o.name} cannot time pulses; the PLC times the reject from the result")
+        self._check_capabilities()
+        self.event_log.open()
+        self.event_log.start_run(self.run_id, self.pipeline.bundle.bundle_id, self.cfg.model_dump(mode="json"), self.notes)
+        opened: list[Output] = []
+        try:
+            for o in self.outputs:
+                o.open()
+                opened.append(o)
+            if self.encoder is not None:
+                self.encoder.open()
+            self.camera.open()
+        except BaseException:
+            for o in opened:
+                o.close()
+            self.event_log.close()
+            raise
+        if self.archive is not None:
+            self.archive.open()
+        if self.cfg.metrics.enabled:
+            self._metrics_server = MetricsServer(self.metrics, self.health, self.cfg.metrics.host, self.cfg.metrics.port)
+            try:
+                self.metrics_port = self._metrics_server.start()
+            except OSError as exc:
+                self.notes.append(f"metrics endpoint disabled: {exc}")
+                self._metrics_server = None
+        for n in self.notes:
+            emit(self.log, logging.WARNING, "startup_note", note=n)
+        emit(self.log, logging.INFO, "started", run_id=self.run_id, bundle_id=self.pipeline.bundle.bundle_id,
+             model_id=self.pipeline.backend.model_id, accept_edge=band.accept_edge, reject_edge=band.reject_edge,
+             band_source=band.source, source=self.camera.name, mode=self.cfg.scheduler.mode,
+             events=str(self.event_log.path), metrics_port=self.metrics_port, config=self.cfg.model_dump(mode="json"))
+        self._last_progress_ns = time.monotonic_ns()
+        self._spawn("events", self._events_loop)
+        self._spawn("line", self._line_loop)
+        self._spawn("infer", self._infer_loop)
+        self._spawn("capture", self._capture_loop)
+        self._started = True
+
+    def _check_capabilities(self) -> None:
+        roles = set().union(*(o.roles() for o in self.outputs)) if self.outputs else set()
+        if "reject" not in roles:
+            self.notes.append("no output has a 'reject' line: rejects are logged only")
+        if self.cfg.decision.review_as == "review" and "review" not in roles and "reject" in roles:
+            self.notes.append("no 'review' line: review parts are logged only (set decision.review_as: reject to divert them)")
+        if self.cfg.scheduler.mode == "encoder" and self.encoder is None:
+            raise ConfigError("scheduler.mode is 'encoder' but no encoder is configured; add an encoder section")
+
+    def _spawn(self, name: str, fn: Any) -> None:
+        t = threading.Thread(target=self._guard, args=(name, fn), name=name, daemon=True)
+        self._threads[name] = t
+        t.start()
+
+    def _guard(self, name: str, fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # a dead thread must not pass parts silently: stop everything
+            self.fatal = exc
+            emit(self.log, logging.ERROR, "thread_died", thread=name, error=repr(exc))
+            self._stop_capture.set()
+            self._source_done.set()
+
+    def request_stop(self) -> None:
+        """Ask for a clean shutdown (signal-safe: only sets flags)."""
+        self._stop_capture.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the source ended or stop was requested, then shut down cleanly.
+        Returns True when shut down, False on timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not (self._source_done.is_set() or self._stop_capture.is_set()):
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._source_done.wait(0.05 if left is None else min(0.05, left))
+        self.shutdown()
+        return True
+
+    def shutdown(self, drain_timeout_s: float = 10.0) -> None:
+        """Shutdown order: stop capture → finish in-flight parts (result or deadline) → fire the
+        pulses already due for parts on the belt → outputs to safe state → flush the event log."""
+        if self._stopped.is_set():
+            return
+        self._stop_capture.set()
+        t = self._threads.get("capture")
+        if t is not None:
+            t.join(timeout=5.0)
+        try:
+            self.camera.close()
+        except Exception as exc:  # closing a broken device must not block the shutdown
+            emit(self.log, logging.WARNING, "camera_close_failed", error=repr(exc))
+        self._put_frame(_STOP, block=True)
+        t = self._threads.get("infer")
+        if t is not None:
+            t.join(timeout=drain_timeout_s)
+        end = time.monotonic() + drain_timeout_s
+        while len(self.tracker) and time.monotonic() < end:
+            time.sleep(0.005)
+        # pulses for parts still travelling to the reject station
+        while time.monotonic() < end:
+            with self._line_cv:
+                busy = len(self.timeline) or any(self.timeline.active(r) for r in ("reject", "review"))
+            if not busy:
+                break
+            time.sleep(0.005)
+        self._stop_line.set()
+        with self._line_cv:
+            self._line_cv.notify_all()
+        t = self._threads.get("line")
+        if t is not None:
+            t.join(timeout=5.0)
+        for o in self.outputs:
+            try:
+                o.close()
+            except Exception as exc:
+                emit(self.log, logging.WARNING, "output_close_failed", output=o.name, error=repr(exc))
+        if self.encoder is not None:
+            self.encoder.close()
+        self._events_q.put(_STOP)
+        t = self._threads.get("events")
+        if t is not None:
+            t.join(timeout=30.0)
+        if self.archive is not None:
+            self.archive.close()
+        if self.pipeline is not None:
+            self.pipeline.backend.close()
+        self.event_log.close()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+        self._stopped.set()
+        emit(self.log, logging.INFO, "stopped", run_id=self.run_id, **{k: v for k, v in self.summary().items()
+                                                                        if k in ("frames", "decisions", "rejects_fired")})
+
+    # ------------------------------------------------------------------ capture
+    def _put_frame(self, item: Any, block: bool = False) -> bool:
+        try:
+            self._frames_q.put(item, block=block, timeout=5.0 if block else None)
+            return True
+        except queue.Full:
+            return False
+
+    def _capture_loop(self) -> None:
+        cam = self.camera
+        h = self.cfg.health
+        backoff = h.camera_retry_initial_s
+        is_open = True
+        down_since: int | None = None
+        paced = bool(cam.nominal_fps) or cam.triggered
+        while not self._stop_capture.is_set():
+            if not paced:
+                # unpaced replay: read the next frame only when inference is free, so the
+                # deadline measures processing, not time spent waiting in our own queue
+                while self._frames_q.qsize() > 0 and not self._stop_capture.is_set():
+                    time.sleep(0.0005)
+            try:
+                if not is_open:
+                    cam.open()
+                    is_open = True
+                    self._reconnects += 1
+                    self.metrics.camera_reconnects.labels(cam.name).inc()
+                    missed = cam.missed_frames(down_since or time.monotonic_ns(), time.monotonic_ns()) \
+                        if hasattr(cam, "missed_frames") else []
+                    emit(self.log, logging.WARNING, "camera_reconnected", source=cam.name, missed=len(missed))
+                    for f in missed:
+                        self._frames_missed += 1
+                        self.metrics.frames_missed.labels(cam.name).inc()
+                        self._admit(f)
+                    down_since = None
+                    backoff = h.camera_retry_initial_s
+                frame = cam.read()
+            except DeviceError as exc:
+                if down_since is None:
+                    down_since = time.monotonic_ns()
+                    emit(self.log, logging.ERROR, "camera_down", source=cam.name, error=str(exc))
+                try:
+                    cam.close()
+                except Exception:  # the device is already gone; closing is best effort
+                    pass
+                is_open = False
+                self._stop_capture.wait(backoff)
+                backoff = min(backoff * 2, h.camera_retry_max_s)
+                continue
+            if frame is None:
+                self._source_done.set()
+                return
+            self._admit(frame)
+
+    def _admit(self, frame: Frame) -> None:
+        self._frames += 1
+        self.metrics.frames.labels(frame.source_id).inc()
+        if frame.error is not None:
+            self._decide_failsafe(frame, _reason(frame.error))
+            return
+        deadline = frame.t_capture_ns + int(self.cfg.decision.deadline_ms * 1e6)
+        self.tracker.add(frame, deadline)
+        with self._line_cv:
+            self._line_cv.notify()
+        if not self._put_frame(frame):
+            if self.tracker.take(frame.part_id) is not None:
+                self._decide_failsafe(frame, "overload")
+        self.metrics.queue_depth.labels("frames").set(self._frames_q.qsize())
+
+    # ------------------------------------------------------------------ inference
+    def _infer_loop(self) -> None:
+        while True:
+            frame = self._frames_q.get()
+            if frame is _STOP:
+                return
+            if not self.tracker.is_pending(frame.part_id):
+                continue  # already decided by its deadline: do not spend time on it
+            pipe = self.pipeline
+            assert pipe is not None
+            try:
+                batch = pipe.preprocessor.run(frame)
+                raw = pipe.backend.infer(batch)
+                score = pipe.scorer.run(raw)
+                decision = pipe.decider.decide(score)
+            except DataError as exc:
+                decision = pipe.decider.failsafe(frame, "bad_frame", model_id=pipe.backend.model_id)
+                emit(self.log, logging.WARNING, "bad_frame", part_id=frame.part_id, error=str(exc))
+            except Exception as exc:  # any backend failure is a fail-safe reject, never a crash
+                decision = pipe.decider.failsafe(frame, "backend_error", model_id=pipe.backend.model_id)
+                emit(self.log, logging.ERROR, "backend_error", part_id=frame.part_id, error=repr(exc))
+            self._last_progress_ns = time.monotonic_ns()
+            if self.tracker.take(frame.part_id) is None:
+                self.metrics.failsafe.labels("late_result_discarded").inc()
+                continue
+            self._dispatch(decision)
+
+    def _decide_failsafe(self, frame: Frame, reason: str) -> None:
+        pipe = self.pipeline
+        assert pipe is not None
+        self._dispatch(pipe.decider.failsafe(frame, reason, model_id=pipe.backend.model_id))
+
+    # ------------------------------------------------------------------ decisions → lines/log
+    def _dispatch(self, d: Decision) -> None:
+        with self._lock:
+            self._counts[d.kind] += 1
+            if d.failsafe:
+                self._failsafe[d.failsafe] += 1
+            for k, v in d.stage_s.items():
+                self._stage_s.setdefault(k, deque(maxlen=200_000)).append(v)
+            e2e = (d.t_decided_ns - d.frame.t_capture_ns) / 1e9
+            self._stage_s.setdefault("e2e", deque(maxlen=200_000)).append(e2e)
+        self.metrics.decisions.labels(d.kind).inc()
+        if d.failsafe:
+            self.metrics.failsafe.labels(d.failsafe).inc()
+            emit(self.log, logging.WARNING, "failsafe", part_id=d.part_id, reason=d.failsafe, action=d.kind)
+        for k, v in d.stage_s.items():
+            self.metrics.latency.labels(k).observe(v)
+        self.metrics.latency.labels("e2e").observe(e2e)
+        try:
+            cmds = self.scheduler.schedule(d)
+        except ValueError as exc:  # encoder mode and a frame without count: cannot place it
+            emit(self.log, logging.ERROR, "unschedulable", part_id=d.part_id, error=str(exc))
+            cmds = []
+        if cmds:
+            with self._line_cv:
+                for c in cmds:
+                    self.timeline.add(c)
+                self._line_cv.notify()
+        for o in self.outputs:
+            try:
+                o.publish(d)
+            except Exception as exc:  # a PLC hiccup must not stop the line thread
+                self.metrics.output_errors.labels(o.name).inc()
+                emit(self.log, logging.ERROR, "publish_failed", output=o.name, error=repr(exc))
+        if self.archive is not None and (d.kind in self.cfg.archive.kinds or (d.failsafe and "failsafe" in self.cfg.archive.kinds)):
+            if not self.archive.submit(d):
+                self.metrics.archive_skipped.inc()
+        self._events_q.put(d)  # large bound; blocks rather than drop a decision
+        self.metrics.queue_depth.labels("events").set(self._events_q.qsize())
+
+    def _drive(self, edges: list[Edge]) -> None:
+        for e in edges:
+            if e.active:
+                self._pulses[e.role] += 1
+                self.metrics.pulses.labels(e.role).inc()
+                c = e.command
+                if c is not None and ((c.at_ns is not None and e.t_ns - c.at_ns > 2_000_000) or
+                                      (c.at_count is not None and e.count is not None and e.count > c.at_count)):
+                    self._late_pulses += 1
+                    self.metrics.late_pulses.labels(e.role).inc()
+                if e.merged:
+                    continue
+            for o in self.outputs:
+                try:
+                    o.set_line(e.role, e.active)
+                except Exception as exc:
+                    self.metrics.output_errors.labels(o.name).inc()
+                    emit(self.log, logging.ERROR, "output_failed", output=o.name, role=e.role, error=repr(exc))
+
+    def _line_loop(self) -> None:
+        hb_period_ns = int(self.cfg.health.heartbeat_period_ms * 1e6)
+        next_hb = time.monotonic_ns()
+        hb_state = False
+        enc = self.encoder
+        while True:
+            now = time.monotonic_ns()
+            for f in self.tracker.expired(now):
+                self._decide_failsafe(f, "late")
+            count = enc.count() if enc is not None else None
+            with self._line_cv:
+                edges = self.timeline.due(now, count)
+            if edges:
+                self._drive(edges)
+            if now >= next_hb:
+                healthy = self._healthy(now)
+                self.metrics.healthy.set(1 if healthy else 0)
+                if healthy:  # a stalled pipeline stops toggling so the PLC can stop the line
+                    hb_state = not hb_state
+                    self._drive([Edge("heartbeat", hb_state, now, None)])
+                next_hb = now + hb_period_ns
+            if self._stop_line.is_set():
+                with self._line_cv:
+                    rel = self.timeline.release_all(time.monotonic_ns())
+                self._drive(rel + [Edge("heartbeat", False, now, None)])
+                return
+            # next wake-up: earliest of edge targets, deadlines and the heartbeat
+            with self._line_cv:
+                wake = [next_hb]
+                t_next = self.timeline.next_time_ns()
+                if t_next is not None:
+                    wake.append(t_next)
+                ct = self.timeline.pending_count_target()
+                if ct is not None and enc is not None:
+                    tc = enc.time_of_count(ct)
+                    wake.append(tc if tc is not None else now + 500_000)
+                dl = self.tracker.next_deadline()
+                if dl is not None:
+                    wake.append(dl)
+                target = min(wake)
+                left = target - time.monotonic_ns()
+                if left > _SPIN_NS:
+                    self._line_cv.wait((left - _SPIN_NS) / 1e9)
+                    continue
+            if left > 0:
+                # fine approach: short sleeps, then yield until the target
+                while True:
+                    rem = target - time.monotonic_ns()
+                    if rem <= 0:
+                        break
+                    time.sleep(rem / 2e9 if rem > 200_000 else 0)
+
+    def _healthy(self, now_ns: int) -> bool:
+        stalled = len(self.tracker) > 0 and now_ns - self._last_progress_ns > self.cfg.health.stall_s * 1e9
+        return not stalled and self.fatal is None
+
+    def health(self) -> dict[str, Any]:
+        """State for /healthz and the sd_notify watchdog."""
+        now = time.monotonic_ns()
+        threads_ok = all(t.is_alive() for n, t in self._threads.items() if n in ("line", "events", "infer")) \
+            or self._stopped.is_set()
+        return {"healthy": self._healthy(now) and threads_ok, "pending": len(self.tracker),
+                "frames": self._frames, "committed": self._committed,
+                "since_progress_s": round((now - self._last_progress_ns) / 1e9, 3), "run_id": self.run_id}
+
+    # ------------------------------------------------------------------ events
+    def _events_loop(self) -> None:
+        batch_s = self.cfg.events.batch_ms / 1e3
+        stop = False
+        while not stop:
+            items = [self._events_q.get()]
+            while True:
+                try:
+                    items.append(self._events_q.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in items:
+                stop = True
+            decisions = [d for d in items if d is not _STOP]
+            rows = [decision_row(self.run_id, d) for d in decisions]
+            self.event_log.write(rows)
+            self._committed += len(rows)
+            self.metrics.events_written.inc(len(rows))
+            for d in decisions:
+                if self.cfg.log.decisions:
+                    emit(self.log, logging.INFO, "decision", part_id=d.part_id, kind=d.kind,
+                         score=d.score if math.isfinite(d.score) else None, failsafe=d.failsafe,
+                         encoder_count=d.frame.encoder_count)
+                if self.on_decision is not None:
+                    self.on_decision(d)
+            if batch_s and not stop:
+                time.sleep(batch_s)
+
+    # ------------------------------------------------------------------ hot swap
+    def reload_bundle(self, bundle_dir: str | Path | None = None) -> bool:
+        """Load and verify a new bundle and swap it in; parts in flight finish on the old one.
+        A bad bundle is refused (logged, counted) and the old one keeps running."""
+        path = Path(bundle_dir or self.cfg.bundle)
+        with self._swap_lock:
+            try:
+                new = self.build_pipeline(path)
+            except EdgekitError as exc:
+                self.metrics.bundle_swaps.labels("refused").inc()
+                emit(self.log, logging.ERROR, "bundle_refused", bundle=str(path), error=str(exc))
+                self._events_note("bundle_refused", f"{path}: {exc}")
+                return False
+            old = self.pipeline
+            self.pipeline = new
+            self.metrics.bundle_swaps.labels("ok").inc()
+            emit(self.log, logging.INFO, "bundle_swapped", bundle=str(path), bundle_id=new.bundle.bundle_id,
+                 old_bundle_id=old.bundle.bundle_id if old else None)
+            self._events_note("bundle_swapped", f"{path}: {new.bundle.bundle_id}")
+            return True
+
+    def _events_note(self, kind: str, msg: str) -> None:
+        # notes go through the writer's connection only between batches; a short separate
+        # connection keeps the single-writer rule simple (SQLite serialises writers)
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(str(self.event_log.path), timeout=5.0)
+            with conn:
+                conn.execute("INSERT INTO notes (run_id, t_wall, kind, message) VALUES (?, ?, ?, ?)",
+                             (self.run_id, time.time(), kind, msg))
+            conn.close()
+        except sqlite3.Error as exc:
+            emit(self.log, logging.WARNING, "note_failed", error=str(exc))
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        """Frames, decisions by kind, fail-safes by reason, pulses fired, latency per stage."""
+        with self._lock:
+            lat = {}
+            for k, v in self._stage_s.items():
+                vals = sorted(v)
+                if vals:
+                    lat[k] = {"median_ms": round(statistics.median(vals) * 1e3, 3),
+                              "p99_ms": round(vals[min(len(vals) - 1, int(math.ceil(0.99 * len(vals))) - 1)] * 1e3, 3),
+                              "n": len(vals)}
+            return {
+                "run_id": self.run_id,
+                "bundle_id": self.pipeline.bundle.bundle_id if self.pipeline else None,
+                "frames": self._frames,
+                "decisions": dict(self._counts),
+                "failsafe": dict(self._failsafe),
+                "rejects_fired": self._pulses.get("reject", 0),
+                "reviews_fired": self._pulses.get("review", 0),
+                "late_pulses": self._late_pulses,
+                "frames_missed": self._frames_missed,
+                "camera_reconnects": self._reconnects,
+                "events_committed": self._committed,
+                "latency": lat,
+                "log_path": str(self.event_log.path),
+                "band": vars(self.pipeline.decider.band) if self.pipeline else None,
+            }
+
+
+# ---------------------------------------------------------------------- entry points
+def replay(bundle_dir: str | Path, source: str | Path, *, rate_hz: float | None = None,
+           out_dir: str | Path | None = None, overrides: dict[str, Any] | None = None,
+           quiet: bool = True) -> dict[str, Any]:
+    """Replay an image folder or a video file through the full daemon with a fake GPIO chip.
+
+    Args:
+        bundle_dir: bundle directory (verified on load).
+        source: folder of images (replayed recursively, sorted) or a video file.
+        rate_hz: frames per second; None = as fast as inference allows.
+        out_dir: where ``events.db`` goes (default: ``<bundle_dir>/../replay``).
+        overrides: extra run-config keys (dotted or nested), e.g. ``{"decision.reject_edge": 0.5}``.
+        quiet: no structured log lines on stdout.
+    Returns:
+        ``Daemon.summary()``: frames, decisions by kind, failsafe reasons, rejects_fired,
+        latency per stage {median_ms, p99_ms}, log_path, band.
+    """
+    from edgekit.config.run import set_dotted
+
+    src = Path(source)
+    if not src.exists():
+        raise ConfigError(f"{src}: replay source not found; give an image folder or a video file")
+    out = Path(out_dir) if out_dir is not None else Path(bundle_dir).resolve().parent / "replay"
+    chip = f"replay-{uuid.uuid4().hex[:6]}"
+    data: dict[str, Any] = {
+        "bundle": str(Path(bundle_dir).resolve()),
+        "source": {"type": "folder" if src.is_dir() else "video", "path": str(src.resolve()), "rate_hz": rate_hz},
+        "outputs": [{"type": "fake_gpio", "chip": chip}],
+        # replay has no conveyor: a generous deadline (a real model on 2 cores) and the reject
+        # pulse just after it, so the fake chip records one pulse per rejected frame
+        "decision": {"deadline_ms": 2000.0},
+        "scheduler": {"mode": "time", "delay_ms": 2050.0, "pulse_ms": 5.0},
+        "events": {"path": str(out.resolve() / "events.db"), "synchronous": "NORMAL"},
+        "metrics": {"enabled": False},
+        "log": {"format": "text", "level": "warning" if quiet else "info"},
+    }
+    for k, v in (overrides or {}).items():
+        set_dotted(data, k, v)
+    cfg = parse_run_config(data, "replay")
+    log = setup_logging(cfg.log.format, cfg.log.level, stream=sys.stderr)
+    d = Daemon(cfg, logger=log)
+    d.start()
+    d.wait()
+    if d.fatal is not None:
+        raise DeviceError(f"replay stopped: {d.fatal!r}")
+    s = d.summary()
+    s["fake_chip"] = chip
+    return s
+
+
+def run_cli(config: str | Path, check: bool = False) -> None:
+    """``edgekit run CONFIG.yaml``: validate; with ``check`` print the resolved config and stop;
+    else run until SIGTERM/SIGINT (SIGHUP reloads the bundle)."""
+    import json
+
+    cfg = load_run_config(config)
+    if check:
+        bundle = load_bundle(cfg.bundle)
+        Band.resolve(bundle.thresholds, cfg.decision.accept_edge, cfg.decision.reject_edge)
+        CAMERAS.get(cfg.source.type)
+        for o in cfg.outputs:
+            OUTPUTS.get(o.type)
+        print(json.dumps({"ok": True, "config": str(config), "bundle_id": bundle.bundle_id,
+                          "resolved": cfg.model_dump(mode="json")}, indent=2))
+        return
+    log = setup_logging(cfg.log.format, cfg.log.level)
+    sys.setswitchinterval(0.0005)  # line thread must get the GIL within ≤ 0.5 ms for pulse timing
+    daemon = Daemon(cfg, logger=log)
+    reload_flag = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: reload_flag.set())
+    notifier = SdNotifier.from_env()
+    daemon.start()
+    notifier.ready(f"run {daemon.run_id}")
+    watch_path = Path(cfg.bundle) / "manifest.json"
+    watch_mtime = watch_path.stat().st_mtime_ns if watch_path.exists() else 0
+    ping_s = notifier.watchdog_interval_s() or 1.0
+    last_ping = 0.0
+    while not daemon._source_done.is_set() and not daemon._stop_capture.is_set():
+        time.sleep(0.1)
+        if reload_flag.is_set():
+            reload_flag.clear()
+            notifier.notify("RELOADING=1")
+            daemon.reload_bundle()
+            notifier.ready("reloaded")
+        if cfg.watch_bundle and watch_path.exists():
+            m = watch_path.stat().st_mtime_ns
+            if m != watch_mtime:
+                watch_mtime = m
+                daemon.reload_bundle()
+        now = time.monotonic()
+        if now - last_ping >= ping_s / 2:
+            last_ping = now
+            if daemon.health()["healthy"]:  # no ping while stalled: systemd restarts us
+                notifier.watchdog()
+    notifier.notify("STOPPING=1")
+    daemon.shutdown()
+    if daemon.fatal is not None:
+        raise DeviceError(f"daemon stopped after an internal error: {daemon.fatal!r}")
+    if os.environ.get("EDGEKIT_PRINT_SUMMARY", "1") == "1":
+        print(json.dumps({"event": "summary", **daemon.summary()}, default=str), flush=True)
+
+
+__all__ = ["Daemon", "Pipeline", "PartTracker", "replay", "run_cli"]

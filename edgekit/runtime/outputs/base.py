@@ -1,0 +1,58 @@
+"""Output contract: lines addressed by role (``reject``, ``review``, ``heartbeat``, ``ready``).
+
+``set_line(role, active)`` drives one line (the pulse timeline decides when), ``publish`` passes
+each decision to outputs that report per part (a PLC), ``close`` drives every line to its safe,
+inactive state. Capabilities (can it pulse, which roles) are declared and checked at startup."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from edgekit.registry import Registry
+from edgekit.runtime.types import Decision
+
+OUTPUTS: Registry[type[Output]] = Registry(
+    "output",
+    modules=(
+        "edgekit.runtime.outputs.gpio",
+        "edgekit.runtime.outputs.jetson",
+        "edgekit.runtime.outputs.modbus",
+    ),
+)
+
+
+class Output:
+    """Base class.
+
+    Attributes:
+        can_pulse: whether ``set_line`` timing is precise enough for reject pulses (a GPIO line
+            is; a PLC register written over TCP is not, the PLC times the pulse itself).
+        errors: count of failed writes (exported as a metric).
+    """
+
+    config_model: ClassVar[type[Any]]
+    can_pulse: ClassVar[bool] = True
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.name: str = getattr(cfg, "name", cfg.type)
+        self.errors = 0
+
+    def roles(self) -> set[str]:
+        """Line roles this output drives."""
+        return set()
+
+    def open(self) -> None:
+        """Acquire the hardware with every line inactive; DeviceError if busy or absent."""
+
+    def set_line(self, role: str, active: bool) -> None:
+        """Drive one line (no-op for roles this output does not have)."""
+
+    def publish(self, decision: Decision) -> None:
+        """Report one decision (PLC registers); GPIO outputs ignore it."""
+
+    def healthy(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Drive every line inactive and release the hardware; safe to call twice."""
