@@ -48,6 +48,9 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 
 # mapped / loaded classifier state dicts, per process: tests and training build several models
 # from the same weights, and reading + re-mapping a file each time costs ~0.5 s
+# timm version the declared capabilities and key maps were verified against (tests re-check them)
+CHECKED_TIMM = "1.0.31"
+
 _STATE_CACHE: dict[tuple[Any, ...], dict[str, torch.Tensor]] = {}
 
 
@@ -171,7 +174,8 @@ def create_backbone(cfg: Any, layers: tuple[int, ...] | None = None) -> FeatureE
         raise ConfigError(f"backbone {cfg.name}: no feature layers given; {_describe_layers(info)}")
     layers = _check_layers(cfg.name, info, layers)
 
-    classifier = loader(cfg.weights)
+    # random init ("none", tests) needs no classifier: building one would double the init cost
+    classifier = loader(cfg.weights) if cfg.weights != "none" else None
     body = timm.create_model(info["timm_name"], features_only=True, out_indices=layers, pretrained=False)
     channels = list(body.feature_info.channels())
     strides = list(body.feature_info.reduction())
@@ -181,19 +185,24 @@ def create_backbone(cfg: Any, layers: tuple[int, ...] | None = None) -> FeatureE
         raise ConfigError(
             f"backbone {cfg.name}: timm {timm.__version__} builds {info['timm_name']} layers {list(layers)} "
             f"with channels {channels} / strides {strides}, edgekit declares {want_c} / {want_s}; "
-            "install the timm version pinned in pyproject.toml"
+            f"edgekit was checked with timm {CHECKED_TIMM}: pip install timm=={CHECKED_TIMM}"
         )
+    if classifier is not None:
+        _copy_into_features(cfg.name, classifier, body)
+    return FeatureExtractor(cfg.name, body, layers, channels, strides, info["mean"], info["std"]).eval()
+
+
+def _copy_into_features(name: str, classifier: nn.Module, body: nn.Module) -> None:
     full = classifier.state_dict()
     body_keys = body.state_dict().keys()
     # features_only drops the head; every remaining key has the same name in the classifier
     missing = [k for k in body_keys if k not in full]
     if missing:
         raise ConfigError(
-            f"backbone {cfg.name}: timm features model has keys the classifier lacks ({', '.join(missing[:3])}); "
-            "install the timm version pinned in pyproject.toml"
+            f"backbone {name}: timm features model has keys the classifier lacks ({', '.join(missing[:3])}); "
+            f"edgekit was checked with timm {CHECKED_TIMM}: pip install timm=={CHECKED_TIMM}"
         )
     body.load_state_dict({k: full[k] for k in body_keys}, strict=True)
-    return FeatureExtractor(cfg.name, body, layers, channels, strides, info["mean"], info["std"]).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +252,10 @@ def build_classifier(
     if key not in _STATE_CACHE:
         state = read_state_dict(path, name)
         if convert is not None:
-            state = convert(state, model)
+            try:
+                state = convert(state, model)
+            except ConfigError as exc:
+                raise ConfigError(f"backbone {name}: weights file {path}: {exc}") from exc
         _STATE_CACHE[key] = state
     load_strict(model, _STATE_CACHE[key], name, str(path))
     return model.eval()
