@@ -38,6 +38,8 @@ DEFAULT_CAMERA = "/dev/video0"
 MIN_PYTHON = (3, 10)
 # Below this the archive fills within a shift at typical reject rates (a few hundred JPEGs/hour).
 DEFAULT_MIN_FREE_GB = 2.0
+# The SQLite event log (a few hundred bytes per part, capped by events.max_rows) needs far less.
+EVENT_LOG_MIN_FREE_GB = 0.5
 # Camera may run slightly under nominal fps (exposure, USB scheduling); below 90 % the line
 # timing (encoder delay → reject) assumptions of the config no longer hold.
 FPS_TOLERANCE = 0.9
@@ -100,7 +102,7 @@ class DoctorParams:
     bundle_dir: Path | None = DEFAULT_BUNDLE_DIR
     backend: str = "tensorrt"  # "onnxruntime" | "tensorrt"
     need_cuda: bool = True
-    camera_kind: str = "v4l2"  # "v4l2" | "gstreamer" | "file" | "none"
+    camera_kind: str = "v4l2"  # "v4l2" | "gstreamer" | "file" (video) | "folder" (images) | "none"
     camera_source: str | int | None = DEFAULT_CAMERA
     camera_fps: float | None = None
     gpio_chip: str | None = "/dev/gpiochip0"  # path, name (gpiochip0) or label (tegra234-gpio)
@@ -163,17 +165,20 @@ def params_from_mapping(data: dict[str, Any], config_path: str | None = None) ->
     need_cuda = backend == "tensorrt" or device.startswith(("cuda", "gpu")) or any(
         "cuda" in p or "tensorrt" in p for p in providers)
 
-    cam = _get(data, "camera", default=None)
-    if cam is None:
+    cam = _get(data, "source", "camera", default=None)
+    if not isinstance(cam, dict):
         camera_kind, camera_source, camera_fps = "none", None, None
     else:
         ctype = str(_get(cam, "type", default="v4l2")).lower()
-        src = _get(cam, "device", "source", "path", "pipeline", "uri", "index")
-        camera_fps = _get(cam, "fps", "frame_rate")
+        src = _get(cam, "device", "path", "pipeline", "uri", "index")
+        camera_fps = _get(cam, "fps", "rate_hz", "frame_rate")
         if ctype in ("gstreamer", "gst", "csi", "argus"):
             camera_kind = "gstreamer"
-        elif ctype in ("file", "video", "video_file", "replay", "images", "folder"):
+        elif ctype in ("file", "video", "video_file", "replay"):
             camera_kind = "file"
+            src = str(resolve(src)) if src is not None else None
+        elif ctype in ("folder", "images"):
+            camera_kind = "folder"
             src = str(resolve(src)) if src is not None else None
         elif ctype in ("fake", "synthetic", "sim", "none"):
             camera_kind = "none"
@@ -200,14 +205,14 @@ def params_from_mapping(data: dict[str, Any], config_path: str | None = None) ->
                 lines.append(o[key])
         for key in ("lines", "offsets"):
             v = o.get(key)
-            if isinstance(v, dict):
-                lines.extend(v.values())
+            if isinstance(v, dict):  # role -> offset (reject, review, heartbeat, ready); None = unused
+                lines.extend(x for x in v.values() if x is not None)
             elif isinstance(v, (list, tuple)):
                 lines.extend(v)
     enc = _get(data, "encoder", default=None)
     if isinstance(enc, dict) and str(enc.get("type", "gpio")).lower() in ("gpio", "gpiod", "quadrature"):
         gpio_chip = gpio_chip or str(_get(enc, "chip", default="/dev/gpiochip0"))
-        for key in ("line_a", "line_b", "a", "b", "line"):
+        for key in ("line", "direction_line", "line_a", "line_b"):
             if enc.get(key) is not None:
                 lines.append(enc[key])
     plc = _get(data, "plc", default=None)
@@ -223,17 +228,22 @@ def params_from_mapping(data: dict[str, Any], config_path: str | None = None) ->
     archive = _get(data, "archive", default=None)
     archive_dir: Path | None
     min_free_gb = base.min_free_gb
-    if isinstance(archive, dict):
+    events = _get(data, "events", default={})
+    events_path = _get(events, "path")
+    events_dir = resolve(events_path).parent if events_path is not None else None
+    if isinstance(archive, dict) and archive.get("enabled", True):
         d = _get(archive, "dir", "path", "directory")
         archive_dir = resolve(d) if d is not None else DEFAULT_ARCHIVE_DIR
+        quota_mb = _get(archive, "quota_mb")
+        # room for a full archive (it is pruned at its quota) plus the event log
+        if quota_mb is not None:
+            min_free_gb = float(quota_mb) / 1024 + EVENT_LOG_MIN_FREE_GB
         min_free_gb = float(_get(archive, "min_free_gb", default=min_free_gb))
-        if archive.get("enabled") is False:
-            archive_dir = None
     elif isinstance(archive, str):
         archive_dir = resolve(archive)
-    else:
-        state = _get(data, "state_dir", "data_dir")
-        archive_dir = resolve(state) if state is not None else None
+    else:  # archive off: the event log still needs room
+        archive_dir = events_dir
+        min_free_gb = EVENT_LOG_MIN_FREE_GB
 
     return replace(
         base,
@@ -255,19 +265,16 @@ def params_from_mapping(data: dict[str, Any], config_path: str | None = None) ->
 
 
 def params_from_config(config_path: str | None, bundle_dir: str | None = None) -> DoctorParams:
-    """Read CONFIG.yaml (validated by ``edgekit.config.run`` when that module exists).
+    """Read CONFIG.yaml through ``edgekit.config.run.load_run_config`` (validated, defaults
+    filled in, relative paths resolved) and map it to DoctorParams.
 
     A broken config does not stop the doctor: it becomes a failed ``config`` line and the
     other checks run with the Jetson-station defaults."""
     if config_path is None:
         params = DoctorParams()
     else:
-        from edgekit.config.base import read_yaml
-
         try:
-            data = read_yaml(config_path)
-            _validate_run_config(config_path)
-            params = params_from_mapping(data, config_path)
+            params = params_from_mapping(_load_run_mapping(config_path), config_path)
         except EdgekitError as exc:
             params = DoctorParams(config_path=config_path, config_error=str(exc))
     if bundle_dir is not None:
@@ -275,17 +282,16 @@ def params_from_config(config_path: str | None, bundle_dir: str | None = None) -
     return params
 
 
-def _validate_run_config(config_path: str) -> None:
-    """Validate with the run-config model if this edgekit has one (ConfigError on problems)."""
+def _load_run_mapping(config_path: str) -> dict[str, Any]:
+    """The run config as a plain mapping (typed model dump; raw YAML if this edgekit has no
+    run-config model)."""
     try:
-        run_mod = importlib.import_module("edgekit.config.run")
+        from edgekit.config.run import load_run_config
     except ImportError:
-        return
-    for name in ("load_run_config", "load_config", "load"):
-        loader = getattr(run_mod, name, None)
-        if callable(loader):
-            loader(config_path)
-            return
+        from edgekit.config.base import read_yaml
+
+        return read_yaml(config_path)
+    return load_run_config(config_path).model_dump(mode="python")
 
 
 # ----------------------------------------------------------------------------- probes
@@ -314,7 +320,7 @@ class Probes:
         return os.path.exists(path)
 
     def glob(self, pattern: str) -> list[str]:
-        return sorted(glob.glob(pattern))
+        return sorted(glob.glob(pattern, recursive=True))
 
     def read_text(self, path: str) -> str | None:
         try:
@@ -582,6 +588,9 @@ def check_gstreamer(params: DoctorParams, probes: Probes) -> CheckResult:
                  optional=not params.need_gstreamer)
 
 
+IMAGE_EXTS = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
+
+
 def check_camera(params: DoctorParams, probes: Probes) -> CheckResult:
     name = "camera"
     if params.camera_kind == "none" or params.camera_source is None:
@@ -590,9 +599,14 @@ def check_camera(params: DoctorParams, probes: Probes) -> CheckResult:
     if params.camera_kind == "v4l2" and isinstance(src, str) and src.startswith("/dev/") and not probes.exists(src):
         found = probes.glob("/dev/video*")
         return _fail(name, f"{src} does not exist" + (f" (found: {', '.join(found)})" if found else " (no /dev/video*)"),
-                     "plug in the camera and check `v4l2-ctl --list-devices`; set camera.device in the config")
-    if params.camera_kind == "file" and isinstance(src, str) and not probes.exists(src):
-        return _fail(name, f"video file {src} not found", "fix camera.path in the config")
+                     "plug in the camera and check `v4l2-ctl --list-devices`; set source.device in the config")
+    if params.camera_kind in ("file", "folder") and isinstance(src, str) and not probes.exists(src):
+        return _fail(name, f"{params.camera_kind} {src} not found", "fix source.path in the config")
+    if params.camera_kind == "folder":
+        n = sum(len(probes.glob(f"{src}/**/*.{ext}")) for ext in IMAGE_EXTS)
+        if n == 0:
+            return _fail(name, f"folder {src} has no images ({', '.join(IMAGE_EXTS)})", "fix source.path")
+        return _ok(name, f"folder {src}: {n} images (replay source, no camera rate to measure)")
     try:
         n, elapsed_s, shape = probes.camera_measure(params.camera_kind, src, params.camera_measure_s, params.timeout_s)
     except Exception as exc:  # noqa: BLE001

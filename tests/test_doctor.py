@@ -397,6 +397,47 @@ def test_params_from_run_config_mapping(tmp_path: Path) -> None:
     assert cpu.camera_source == str(tmp_path / "clip.avi")
 
 
+def test_params_from_a_real_run_config_file(tmp_path: Path) -> None:
+    """The config the daemon reads (edgekit/config/run.py), validated and resolved by its loader."""
+    pytest.importorskip("edgekit.config.run")
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text(
+        "bundle: bundles/current\n"
+        "source: {type: video, path: clip.avi, rate_hz: 30}\n"
+        "backend: {type: onnxruntime, device: cuda}\n"
+        "encoder: {type: gpiod, chip: /dev/gpiochip0, line: 105, direction_line: 106}\n"
+        "scheduler: {mode: encoder, distance_counts: 1200}\n"
+        "outputs:\n"
+        "  - {type: gpiod, name: gpio, chip: /dev/gpiochip0, lines: {reject: 144, ready: 85}, active_low: true}\n"
+        "archive: {enabled: true, dir: /data/archive, quota_mb: 4096}\n"
+    )
+    p = d.params_from_config(str(cfg))
+    assert p.config_error is None
+    assert p.bundle_dir == (tmp_path / "bundles" / "current").resolve()
+    assert p.need_cuda and not p.need_tensorrt
+    assert (p.camera_kind, p.camera_source, p.camera_fps) == ("file", str((tmp_path / "clip.avi").resolve()), 30.0)
+    assert p.gpio_chip == "/dev/gpiochip0" and p.gpio_lines == (144, 85, 105, 106)
+    assert p.archive_dir == Path("/data/archive") and p.min_free_gb == pytest.approx(4.5)
+    assert not p.need_plc
+    # defaults of the model: fake GPIO output, no archive -> disk check on the event log's dir
+    cfg.write_text("bundle: b\nsource: {type: folder, path: imgs}\n")
+    p = d.params_from_config(str(cfg))
+    assert p.config_error is None and not p.need_gpio and p.camera_kind == "folder"
+    assert p.archive_dir == tmp_path.resolve() and p.min_free_gb == d.EVENT_LOG_MIN_FREE_GB
+    cfg.write_text("bundle: b\nsource: {type: video, path: x.avi}\nbackend: {type: onnxruntime, devcie: cuda}\n")
+    p = d.params_from_config(str(cfg))
+    assert p.config_error and "backend.devcie" in p.config_error
+
+
+def test_camera_folder_source(tmp_path: Path) -> None:
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    params = _station(camera_kind="folder", camera_source=str(tmp_path / "imgs"))
+    assert d.check_camera(params, d.Probes()).status == "fail"
+    (tmp_path / "imgs" / "a" / "p1.png").write_bytes(b"x")
+    r = d.check_camera(params, d.Probes())
+    assert r.ok and "1 images" in r.detail
+
+
 def test_broken_config_is_a_failed_line_not_a_crash(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("camera: [unclosed\n")
