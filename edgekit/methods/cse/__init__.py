@@ -1,0 +1,1 @@
+"""CSE: contrastively selected embeddings scored against k-means centres (Thomine & Snoussi)."""

@@ -1,0 +1,191 @@
+"""k-means for CSE's good-product centres (numpy only; no sklearn anywhere).
+
+CSE scores an image by its minimum cosine distance to k centres of the training embeddings.
+The centres are found with k-means++ seeding and Lloyd iterations on L2-normalised embeddings
+(so Euclidean k-means matches the cosine geometry used for scoring), then each centre is replaced
+by the nearest real training embedding, which keeps the centres on the data manifold (CSE paper,
+Thomine & Snoussi)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """``centres`` (K, D) float32 real embeddings (rows of the input), ``indices`` (K,) their row
+    numbers, ``labels`` (N,) cluster of every embedding, ``inertia`` mean cosine distance of the
+    embeddings to their nearest centre."""
+
+    centres: np.ndarray
+    indices: np.ndarray
+    labels: np.ndarray
+    inertia: float
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int((self.labels == i).sum()) for i in range(len(self.indices))]
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length. (N, D) → (N, D) float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+
+
+def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 − cos between every row of ``a`` (N, D) and ``b`` (K, D) → (N, K) float64."""
+    return 1.0 - l2_normalize(a) @ l2_normalize(b).T
+
+
+def _kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on rows of ``x``; returns (k, D)."""
+    n = x.shape[0]
+    centres = [x[int(rng.integers(0, n))]]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = float(d2.sum())
+        if total <= 0.0:  # all remaining points coincide with a centre
+            idx = int(rng.integers(0, n))
+        else:
+            idx = int(rng.choice(n, p=d2 / total))
+        centres.append(x[idx])
+        d2 = np.minimum(d2, ((x - x[idx]) ** 2).sum(1))
+    return np.stack(centres)
+
+
+def kmeans(embeddings: np.ndarray, k: int, seed: int = 0, iters: int = 100, tol: float = 1e-7) -> KMeansResult:
+    """Cluster embeddings and snap each centre to its nearest real embedding.
+
+    Args:
+        embeddings: (N, D) float embeddings (any scale; clustering uses their directions).
+        k: number of centres, 1 <= k <= N.
+        seed: seeds k-means++ (same seed and data → same centres).
+    Returns:
+        KMeansResult; ``centres`` are exact copies of distinct input rows.
+    """
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got shape {emb.shape}")
+    n = emb.shape[0]
+    if not 1 <= k <= n:
+        raise ConfigError(f"method.k: {k} centres need at least {k} training embeddings, got {n} (lower k or add good images)")
+    x = l2_normalize(emb)
+    rng = np.random.default_rng(seed)
+    c = _kmeanspp(x, k, rng)
+    for _ in range(iters):
+        d = _sqdist(x, c)
+        labels = d.argmin(1)
+        new = c.copy()
+        for j in range(k):
+            members = x[labels == j]
+            if len(members):
+                new[j] = members.mean(0)
+            else:  # an empty cluster takes the point farthest from its centre
+                new[j] = x[int(d.min(1).argmax())]
+        shift = float(((new - c) ** 2).sum())
+        c = new
+        if shift < tol:
+            break
+    # snap to the nearest real embedding, each real embedding used at most once
+    dist = 1.0 - x @ l2_normalize(c).T  # (N, K)
+    chosen: list[int] = []
+    for j in np.argsort(dist.min(0)):  # the best-matched centres choose first
+        order = np.argsort(dist[:, j], kind="stable")
+        idx = next(int(i) for i in order if int(i) not in chosen)
+        chosen.append(idx)
+    # keep centre order = cluster order
+    indices = np.empty(k, dtype=np.int64)
+    for j, idx in zip(np.argsort(dist.min(0)), chosen, strict=True):
+        indices[j] = idx
+    centres = emb[indices].astype(np.float32)
+    final = cosine_distances(emb, centres)
+    return KMeansResult(centres, indices, final.argmin(1), float(final.min(1).mean()))
+
+
+def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return (x**2).sum(1)[:, None] - 2.0 * x @ c.T + (c**2).sum(1)[None, :]
+
+
+def centres_sha256(centres: np.ndarray) -> str:
+    """sha256 of the centres as little-endian float32 bytes (shape-independent of layout)."""
+    return hashlib.sha256(np.ascontiguousarray(centres, dtype="<f4").tobytes()).hexdigest()
+
+
+def _good_images(data_dir: str | Path) -> list[Path]:
+    """Good images for re-clustering: ``DIR/train/good`` (MVTec layout) or images directly in DIR."""
+    from edgekit.data.dataset import list_images, scan_dataset
+    from edgekit.errors import DataError
+
+    root = Path(data_dir)
+    if (root / "train" / "good").is_dir():
+        return scan_dataset(root).train_good
+    paths = list_images(root)
+    if not paths:
+        raise DataError(f"{root}: no good images found; pass a folder of good images or a dataset with train/good/")
+    return paths
+
+
+def recluster_run(run_dir: str | Path, data_dir: str | Path, k: int | None = None, device: str = "cpu",
+                  quiet: bool = False) -> dict[str, Any]:
+    """Recompute a CSE run's centres from new good images without retraining the embedder
+    (new lot, same product). The images are split like training (``train.val_fraction``,
+    ``train.seed``): k-means runs on the train part, the provisional threshold is re-derived on
+    the held-out part. ``model.pt`` and ``run.json`` are rewritten; every weight except the
+    centres stays bit-identical.
+
+    Args:
+        run_dir: a trained CSE run directory.
+        data_dir: folder of good images, or a dataset with ``train/good/``.
+        k: number of centres (None keeps the run's current k).
+    Returns:
+        the facts recorded in run.json (old/new centre hashes, k, image counts).
+    """
+    from edgekit.bundle.io import write_json_atomic
+    from edgekit.data.dataset import dataset_hash, split_train_val
+    from edgekit.errors import DataError
+    from edgekit.train import _batches, _save_atomic, load_run, load_tiles, normalise, provisional_calibration
+
+    run = load_run(run_dir, device=device)
+    model = run.model
+    if run.recipe.method.get("type") != "cse" or not hasattr(model, "fit_centres"):
+        raise ConfigError(f"{run.path}: recluster applies to CSE runs only (this run is {run.recipe.method.get('type')!r})")
+    paths = _good_images(data_dir)
+    tr = run.recipe.train
+    train_paths, val_paths = split_train_val(paths, tr.val_fraction, tr.seed)
+    train_tiles, skipped = load_tiles(train_paths, run.spec, "decode")
+    if len(train_tiles) == 0:
+        raise DataError(f"{data_dir}: no readable good images; check the folder")
+    val_tiles, _ = load_tiles(val_paths, run.spec, "decode val")
+    dev = next(model.parameters()).device
+    old = model.export_info()
+    k_new = int(k) if k is not None else old["k"]
+    emb = model.collect_embeddings(normalise(b.to(dev), run.spec) for b in _batches(train_tiles, tr.batch_size, False, None))
+    facts = model.fit_centres(emb, k=k_new)
+    _save_atomic({"model": model.state_dict()}, run.path / "model.pt")
+    record = {
+        "data_dir": str(Path(data_dir).resolve()), "data_hash": dataset_hash(paths),
+        "n_train_images": len(train_paths), "n_val_images": len(val_paths), "n_train_tiles": int(len(train_tiles)),
+        "skipped": skipped, "k": k_new, "old_centres_sha256": old["centres_sha256"],
+        "centres_sha256": facts["centres_sha256"], "cluster_sizes": facts["cluster_sizes"],
+        "mean_train_distance": facts["mean_train_distance"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    info = dict(run.info)
+    info["method_facts"] = facts
+    info["recluster"] = [*info.get("recluster", []), record]
+    info["calibration"] = provisional_calibration(model, val_tiles, run.spec, tr.batch_size, dev)
+    write_json_atomic(run.path / "run.json", info)
+    if not quiet:
+        print(f"{run.path}: {k_new} centre(s) from {len(train_paths)} images "
+              f"({old['centres_sha256'][:12]} -> {facts['centres_sha256'][:12]}); embedder unchanged; "
+              "re-run `edgekit build` (and calibrate) to ship them")
+    return record
