@@ -18,9 +18,10 @@ from edgekit.runtime.backends.ort import OrtBackendConfig
 from edgekit.runtime.capture.files import FolderCameraConfig, VideoCameraConfig
 from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig
 from edgekit.runtime.outputs.gpio import FakeGpioOutputConfig, GpiodOutputConfig
+from edgekit.sim.camera import SimCameraConfig
 
 SourceConfig = Annotated[
-    FolderCameraConfig | VideoCameraConfig,
+    FolderCameraConfig | VideoCameraConfig | SimCameraConfig,
     Field(discriminator="type"),
 ]
 BackendConfig = OrtBackendConfig
@@ -116,8 +117,10 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.scheduler.mode == "encoder" and self.encoder is None and self.source.type != "sim":
+        if self.scheduler.mode == "encoder" and self.encoder is None:
             raise ValueError("scheduler.mode 'encoder' needs an encoder section")
+        if self.source.type == "sim" and (self.encoder is None or self.encoder.type != "sim"):
+            raise ValueError("source.type 'sim' needs encoder: {type: sim, speed_mm_s: ..., ticks_per_mm: ...}")
         names = [o.name for o in self.outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"outputs: names must be unique, got {names}")
@@ -136,6 +139,8 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     upd: dict[str, Any] = {"bundle": fix(cfg.bundle)}
     if hasattr(cfg.source, "path") and cfg.source.type in ("folder", "video"):
         upd["source"] = cfg.source.model_copy(update={"path": fix(cfg.source.path)})
+    if cfg.source.type == "sim":
+        upd["source"] = cfg.source.model_copy(update={"dataset": fix(cfg.source.dataset)})
     upd["events"] = cfg.events.model_copy(update={"path": fix(cfg.events.path)})
     upd["archive"] = cfg.archive.model_copy(update={"dir": fix(cfg.archive.dir)})
     return cfg.model_copy(update=upd)

@@ -86,3 +86,23 @@ def write_intensity_bundle(out_dir: str | Path, size: int = 32, accept_edge: flo
     }
     write_manifest(out, manifest)
     return out
+
+
+def write_intensity_dataset(out_dir: str | Path, n_good: int = 8, n_defect: int = 8, size: int = 48,
+                            seed: int = 0) -> Path:
+    """MVTec-layout dataset matching the intensity bundle: good parts are dark (score < 0.35),
+    defective parts bright (score > 0.6), each with a little texture noise."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root = Path(out_dir)
+    for sub, n, lo, hi in (("train/good", n_good, 30, 80), ("test/good", n_good, 30, 80),
+                           ("test/bright", n_defect, 170, 230)):
+        d = root / sub
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            base = int(rng.integers(lo, hi))
+            img = np.clip(base + rng.integers(-10, 11, (size, size, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(d / f"{i:03d}.png"), img)
+    return root

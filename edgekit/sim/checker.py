@@ -1,0 +1,134 @@
+"""Checks a simulated run against the ground truth: which parts were physically pushed off the
+belt (from the fake chip's recorded edges, not from the daemon's own bookkeeping), whether that
+was right, how far from the part each pulse started, and whether every decision reached the log.
+
+A part counts as rejected when a rising edge on the reject line falls within ± half a part
+pitch of its arrival at the reject station, or the line is active at that instant (a pulse
+merged with the previous part's). Placement error = encoder count (and time) at the rising edge
+minus the part's arrival count (and time)."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit.runtime.outputs.gpio import EdgeRecord
+from edgekit.sim.camera import PartTruth
+
+
+def _pct(vals: list[float], q: float) -> float | None:
+    if not vals:
+        return None
+    s = sorted(vals)
+    return s[min(len(s) - 1, max(0, int(math.ceil(q * len(s))) - 1))]
+
+
+def _stats(vals: list[float], nd: int = 3) -> dict[str, float | None]:
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, nd)
+
+    return {"p50": r(_pct(vals, 0.5)), "p99": r(_pct(vals, 0.99)), "max": r(max(vals) if vals else None),
+            "n": len(vals)}
+
+
+@dataclass
+class _Line:
+    rising: list[int]
+    intervals: list[tuple[int, int]]
+
+    @classmethod
+    def from_edges(cls, edges: list[EdgeRecord], end_ns: int) -> _Line:
+        rising, intervals, on = [], [], None
+        for e in edges:
+            if e.active and on is None:
+                on = e.t_ns
+                rising.append(e.t_ns)
+            elif not e.active and on is not None:
+                intervals.append((on, e.t_ns))
+                on = None
+        if on is not None:
+            intervals.append((on, end_ns))
+        return cls(rising, intervals)
+
+    def edge_near(self, t_ns: int, half_window_ns: int) -> int | None:
+        i = bisect.bisect_left(self.rising, t_ns - half_window_ns)
+        best = None
+        while i < len(self.rising) and self.rising[i] <= t_ns + half_window_ns:
+            if best is None or abs(self.rising[i] - t_ns) < abs(best - t_ns):
+                best = self.rising[i]
+            i += 1
+        return best
+
+    def active_at(self, t_ns: int) -> bool:
+        i = bisect.bisect_right(self.intervals, (t_ns, 1 << 62)) - 1
+        return i >= 0 and self.intervals[i][0] <= t_ns < self.intervals[i][1]
+
+
+def check_run(truth: list[PartTruth], decisions: dict[int, Any], reject_edges: list[EdgeRecord],
+              count_at: Any, pitch_ns: int, logged_part_ids: set[int], end_ns: int,
+              review_edges: list[EdgeRecord] | None = None) -> dict[str, Any]:
+    """Compare a run with the truth.
+
+    Args:
+        truth: one PartTruth per part that reached the camera.
+        decisions: part_id → Decision reported by the daemon.
+        reject_edges: the fake chip's records of the reject line.
+        count_at: encoder function monotonic ns → count.
+        pitch_ns: time between parts at the camera.
+        logged_part_ids: part ids with a row in the event log.
+    Returns:
+        counts (parts, correct/missed/false/failsafe rejects, reviews, spurious pulses, lost
+        decisions/events) and placement error in ticks and ms (p50/p99/max of |error|), signed
+        mean in ms, end-to-end latency p50/p99 in ms.
+    """
+    line = _Line.from_edges(reject_edges, end_ns)
+    review = _Line.from_edges(review_edges or [], end_ns)
+    half = pitch_ns // 2
+    c = {"parts": len(truth), "defective": 0, "correct_rejects": 0, "missed_rejects": 0, "false_rejects": 0,
+         "failsafe_rejects": 0, "reviews": 0, "merged_pulses": 0, "no_decision": 0, "lost_events": 0,
+         "pulse_without_reject_decision": 0}
+    err_ticks: list[float] = []
+    err_ms: list[float] = []
+    signed_ms: list[float] = []
+    used_edges: set[int] = set()
+    e2e: list[float] = []
+    for p in sorted(truth, key=lambda t: t.part_id):
+        d = decisions.get(p.part_id)
+        if p.label == 1:
+            c["defective"] += 1
+        if d is None:
+            c["no_decision"] += 1
+        else:
+            e2e.append((d.t_decided_ns - d.frame.t_capture_ns) / 1e6)
+            if p.part_id not in logged_part_ids:
+                c["lost_events"] += 1
+        edge = line.edge_near(p.station_ns, half)
+        rejected = edge is not None or line.active_at(p.station_ns)
+        if edge is not None:
+            used_edges.add(edge)
+            err_ticks.append(abs(count_at(edge) - p.station_count))
+            err_ms.append(abs(edge - p.station_ns) / 1e6)
+            signed_ms.append((edge - p.station_ns) / 1e6)
+        elif rejected:
+            c["merged_pulses"] += 1
+        if review.edge_near(p.station_ns, half) is not None or review.active_at(p.station_ns):
+            c["reviews"] += 1
+        failsafe = d is not None and d.failsafe is not None
+        if rejected and d is not None and d.kind != "reject":
+            c["pulse_without_reject_decision"] += 1
+        if rejected and failsafe:
+            c["failsafe_rejects"] += 1
+        elif rejected and p.label == 1:
+            c["correct_rejects"] += 1
+        elif rejected:
+            c["false_rejects"] += 1
+        elif p.label == 1 and not (d is not None and d.kind == "review"):
+            c["missed_rejects"] += 1
+    c["spurious_pulses"] = len([t for t in line.rising if t not in used_edges])
+    c["placement_error_ticks"] = _stats(err_ticks, 0)
+    c["placement_error_ms"] = _stats(err_ms)
+    c["placement_mean_signed_ms"] = round(sum(signed_ms) / len(signed_ms), 4) if signed_ms else None
+    c["e2e_latency_ms"] = _stats(e2e)
+    return c
