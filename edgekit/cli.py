@@ -169,6 +169,24 @@ def run(config: str, check: bool) -> None:
     run_cli(config, check=check)
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--parts", type=int, default=None, help="Parts to run (default: source.parts in CONFIG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@_handle_errors
+def simulate(config: str, parts: int | None, as_json: bool) -> None:
+    """Run the daemon on a simulated conveyor (source type sim) and check every reject."""
+    import json
+
+    from edgekit.sim.run import simulate as simulate_run
+
+    report = simulate_run(config, parts=parts)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        click.echo("\n".join(report["lines"]))
+
+
 # ----------------------------------------------------------------------------- station checks
 @main.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
