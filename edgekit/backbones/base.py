@@ -176,7 +176,13 @@ def create_backbone(cfg: Any, layers: tuple[int, ...] | None = None) -> FeatureE
 
     # random init ("none", tests) needs no classifier: building one would double the init cost
     classifier = loader(cfg.weights) if cfg.weights != "none" else None
-    body = timm.create_model(info["timm_name"], features_only=True, out_indices=layers, pretrained=False)
+    kwargs = {"features_only": True, "out_indices": layers, "pretrained": False}
+    if classifier is None:
+        body = timm.create_model(info["timm_name"], **kwargs)
+    else:
+        # loaded weights replace every tensor: skip the (slow) random init on a meta skeleton
+        with torch.device("meta"):
+            body = timm.create_model(info["timm_name"], **kwargs)
     channels = list(body.feature_info.channels())
     strides = list(body.feature_info.reduction())
     want_c = [info["channels"][i] for i in layers]
@@ -202,7 +208,23 @@ def _copy_into_features(name: str, classifier: nn.Module, body: nn.Module) -> No
             f"backbone {name}: timm features model has keys the classifier lacks ({', '.join(missing[:3])}); "
             f"edgekit was checked with timm {CHECKED_TIMM}: pip install timm=={CHECKED_TIMM}"
         )
-    body.load_state_dict({k: full[k] for k in body_keys}, strict=True)
+    # the classifier is discarded, so the features model may take over its tensors
+    _assign(body, {k: full[k] for k in body_keys})
+
+
+def _assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state`` into a (meta-device) skeleton by assignment and check nothing stayed on meta."""
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"tensors not covered by the state dict: {left[:3]}")
+
+
+def _skeleton(timm_name: str) -> nn.Module:
+    import timm
+
+    with torch.device("meta"):
+        return timm.create_model(timm_name, pretrained=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,35 +251,39 @@ def build_classifier(
 
     info = BACKBONES.info(name)
     timm_name = info["timm_name"]
-    model = timm.create_model(timm_name, pretrained=False)
     if weights == "none":
-        return model.eval()
+        return timm.create_model(timm_name, pretrained=False).eval()
+    # the skeleton lives on the meta device (no init cost); the weights are assigned into it
+    model = _skeleton(timm_name)
     if weights == "auto":
         if auto is not None:
             key: tuple[Any, ...] = ("auto", name)
             if key not in _STATE_CACHE:
                 _STATE_CACHE[key] = auto()
-            load_strict(model, _STATE_CACHE[key], name, info["weight_source"])
+            state, source = _STATE_CACHE[key], info["weight_source"]
         else:
-            load_strict(model, _hub_state(name, timm_name), name, "timm hub")
-        return model.eval()
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"backbone {name}: weights file {weights} not found; pass an existing .pth/.safetensors "
-            "state dict, 'auto' or 'none'"
-        )
-    st = path.stat()
-    key = ("file", name, str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _STATE_CACHE:
-        state = read_state_dict(path, name)
-        if convert is not None:
-            try:
-                state = convert(state, model)
-            except ConfigError as exc:
-                raise ConfigError(f"backbone {name}: weights file {path}: {exc}") from exc
-        _STATE_CACHE[key] = state
-    load_strict(model, _STATE_CACHE[key], name, str(path))
+            state, source = _hub_state(name, timm_name), "timm hub"
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"backbone {name}: weights file {weights} not found; pass an existing .pth/.safetensors "
+                "state dict, 'auto' or 'none'"
+            )
+        st = path.stat()
+        key = ("file", name, str(path.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in _STATE_CACHE:
+            state = read_state_dict(path, name)
+            if convert is not None:
+                try:
+                    state = convert(state, model)
+                except ConfigError as exc:
+                    raise ConfigError(f"backbone {name}: weights file {path}: {exc}") from exc
+            _STATE_CACHE[key] = state
+        state, source = _STATE_CACHE[key], str(path)
+    state = check_state(model, state, name, source)
+    # clones: the cache must stay pristine when a caller fine-tunes the returned model in place
+    _assign(model, {k: v.clone() for k, v in state.items()})
     return model.eval()
 
 
@@ -313,18 +339,21 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], name: str, source: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with a one-line ConfigError listing a few
-    missing, unexpected and mis-shaped keys instead of torch's multi-page dump.
+def check_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], name: str, source: str
+) -> dict[str, torch.Tensor]:
+    """Check ``state`` matches ``model`` key for key and shape for shape (strict loading) and
+    return it ready for ``load_state_dict(strict=True)``; raise a one-line ConfigError listing a
+    few missing, unexpected and mis-shaped keys instead of torch's multi-page dump.
 
     BatchNorm ``num_batches_tracked`` counters may be absent from the file (they do not affect
-    inference); every other key must match exactly.
+    inference; zeros are filled in); every other key must match exactly.
     """
     own = model.state_dict()
     state = dict(state)
-    for k, v in own.items():
+    for k in own:
         if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = v
+            state[k] = torch.zeros((), dtype=torch.long)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [
@@ -345,7 +374,8 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], name: str, 
             f"backbone {name}: weights {source} do not match timm {timm_name}: {', '.join(parts)}; "
             f"pass a state dict of timm.create_model({timm_name!r})"
         )
-    model.load_state_dict(state, strict=True)
+    # a half-precision file must not turn the model into fp16 (assign keeps the file's dtype)
+    return {k: v.to(dtype=own[k].dtype) for k, v in state.items()}
 
 
 def _offline_remedy(name: str) -> str:

@@ -47,7 +47,9 @@ def test_every_backbone_matches_its_declared_capabilities(name):
     assert fx.mean == info["mean"] and fx.std == info["std"]
     with torch.no_grad():
         feats = fx(torch.randn(1, 3, 64, 64))
-    assert [tuple(f.shape) for f in feats] == [(1, c, 64 // s, 64 // s) for c, s in zip(fx.channels, fx.strides)]
+    assert [tuple(f.shape) for f in feats] == [
+        (1, c, 64 // s, 64 // s) for c, s in zip(fx.channels, fx.strides)
+    ]
     assert all(torch.isfinite(f).all() for f in feats)
 
 
@@ -135,7 +137,11 @@ def test_strict_mismatch_lists_keys(tmp_path, resnet_state):
         create_backbone(BackboneConfig(name="resnet18", weights=str(path)), (1,))
     msg = str(exc.value)
     assert "backbone resnet18" in msg and "do not match timm resnet18" in msg
-    assert "layer4.1.conv2.weight" in msg and "extra.weight" in msg and "fc.weight (10, 512) vs (1000, 512)" in msg
+    assert (
+        "layer4.1.conv2.weight" in msg
+        and "extra.weight" in msg
+        and "fc.weight (10, 512) vs (1000, 512)" in msg
+    )
     assert "\n" not in msg
 
 
@@ -171,3 +177,16 @@ def test_arbitrary_pickles_are_not_unpickled(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1), "obj": _Payload()}, path)
     with pytest.raises(ConfigError, match="cannot be read as a state dict"):
         read_state_dict(path, "resnet18")
+
+
+def test_half_precision_file_loads_as_float32_and_cache_stays_pristine(tmp_path, resnet_state):
+    path = tmp_path / "half.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in resnet_state.items()}, path)
+    fx = create_backbone(BackboneConfig(name="resnet18", weights=str(path)), (1,))
+    assert all(p.dtype == torch.float32 for p in fx.parameters())
+    assert all(not p.is_meta for p in fx.parameters())
+    # fine-tuning one extractor in place must not leak into the next one built from the cache
+    with torch.no_grad():
+        fx.body.conv1.weight.add_(1.0)
+    fx2 = create_backbone(BackboneConfig(name="resnet18", weights=str(path)), (1,))
+    assert torch.equal(fx2.body.conv1.weight, resnet_state["conv1.weight"].half().float())

@@ -69,8 +69,13 @@ def test_lukemelas_file_given_as_weights_is_mapped():
 
 def test_lite_file_of_another_variant_is_refused():
     # lite0 has 16 blocks, lite1 21: the block count check names the problem before any key
-    with pytest.raises(ConfigError, match=r"backbone tf_efficientnet_lite1: weights file .*efficientnet-lite0.*\.pth: .*16 blocks but timm tf_efficientnet_lite1 has 21"):
-        create_backbone(BackboneConfig(name="tf_efficientnet_lite1", weights=str(lite_package_weights(0))), (1,))
+    with pytest.raises(
+        ConfigError,
+        match=r"backbone tf_efficientnet_lite1: weights file .*efficientnet-lite0.*\.pth: .*16 blocks but timm tf_efficientnet_lite1 has 21",
+    ):
+        create_backbone(
+            BackboneConfig(name="tf_efficientnet_lite1", weights=str(lite_package_weights(0))), (1,)
+        )
 
 
 def test_map_leaves_timm_state_unchanged_and_rejects_unknown_keys():
