@@ -140,22 +140,25 @@ def _clean(scores: Any, what: str) -> np.ndarray:
     return s
 
 
+def _binom_sf_all(n: int, p: float) -> np.ndarray:
+    """sf[m] = P(Binomial(n, p) >= m) for m = 0..n+1, from the log pmf built by the ratio
+    pmf(j)/pmf(j−1) = (n−j+1)/j · p/(1−p) (no overflow for large n)."""
+    j = np.arange(1, n + 1, dtype=np.float64)
+    logpmf = n * math.log1p(-p) + np.r_[0.0, np.cumsum(np.log((n - j + 1) / j) + math.log(p) - math.log1p(-p))]
+    pmf = np.exp(logpmf - logpmf.max())
+    pmf /= pmf.sum()
+    return np.minimum(1.0, np.r_[np.cumsum(pmf[::-1])[::-1], 0.0])
+
+
 def binom_sf(m: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) >= m), computed in log space (exact up to float rounding)."""
+    """P(Binomial(n, p) >= m)."""
     if m <= 0:
         return 1.0
     if m > n:
         return 0.0
-    j = np.arange(m, n + 1, dtype=np.float64)
-    logpmf = (
-        math.lgamma(n + 1) - _lgamma(j + 1) - _lgamma(n - j + 1) + j * math.log(p) + (n - j) * math.log1p(-p)
-    )
-    top = logpmf.max()
-    return float(min(1.0, math.exp(top) * np.exp(logpmf - top).sum()))
-
-
-def _lgamma(x: np.ndarray) -> np.ndarray:
-    return np.array([math.lgamma(v) for v in x.tolist()])
+    if m == 1:
+        return float(-math.expm1(n * math.log1p(-p)))
+    return float(_binom_sf_all(n, p)[m])
 
 
 def min_good_images(frr: float, confidence: float) -> int:
@@ -175,7 +178,7 @@ def frr_upper_bound(m: int, n: int, confidence: float) -> float:
     """Upper ``confidence`` bound on the false-reject rate of an edge with m of n calibration
     scores at or above it: the u with P(Binomial(n, u) >= m) = confidence (bisection)."""
     lo, hi = 0.0, 1.0
-    for _ in range(100):
+    for _ in range(60):
         mid = (lo + hi) / 2
         if binom_sf(m, n, mid) >= confidence:
             hi = mid
@@ -207,9 +210,8 @@ def quantile_edge(good_scores: Any, frr: float, confidence: float) -> tuple[floa
             f"(add good images, raise --frr, or use --method evt)"
         )
     # largest m with P(Bin(n, frr) >= m) >= confidence; the tail falls as m grows
-    m = 1
-    while m < n and binom_sf(m + 1, n, frr) >= confidence:
-        m += 1
+    sf = _binom_sf_all(n, frr)
+    m = int(np.flatnonzero(sf[1 : n + 1] >= confidence)[-1]) + 1
     k = n - m + 1
     edge = float(s[k - 1])
     details = {

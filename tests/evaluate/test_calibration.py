@@ -1,0 +1,114 @@
+"""Calibration: order-statistic bound math, EVT edge, coverage band, errors and serialisation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from edgekit.errors import DataError
+from edgekit.evaluate import calibration as C
+
+
+def test_min_good_images_closed_form():
+    # ln(0.05)/ln(0.995) = 597.6 → 598
+    assert C.min_good_images(0.005, 0.95) == 598
+    assert C.min_good_images(0.01, 0.95) == 299
+    assert C.min_good_images(0.05, 0.9) == math.ceil(math.log(0.1) / math.log(0.95))
+    # the defining property: the max of n good scores bounds the rate iff 1-(1-r)^n >= conf
+    assert 1 - (1 - 0.005) ** 598 >= 0.95 > 1 - (1 - 0.005) ** 597
+
+
+def test_binom_sf_against_direct_sum():
+    n, p = 40, 0.1
+    pmf = [math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(n + 1)]
+    for m in (0, 1, 3, 7, 40):
+        assert C.binom_sf(m, n, p) == pytest.approx(sum(pmf[m:]), rel=1e-10)
+    assert C.binom_sf(41, n, p) == 0.0
+
+
+def test_quantile_edge_order_statistic():
+    n = 1000
+    scores = np.arange(n, dtype=float)  # x(k) = k - 1
+    edge, d = C.quantile_edge(scores, 0.005, 0.95)
+    m = d["m"]
+    # m is the largest count with P(Bin(n, r) >= m) >= conf
+    assert C.binom_sf(m, n, 0.005) >= 0.95 > C.binom_sf(m + 1, n, 0.005)
+    assert m == 2  # P(Bin(1000, .005) >= 2) = 0.9599, >= 3: 0.8760
+    assert edge == n - m  # the m-th largest score
+    assert d["k"] == n - m + 1 and d["empirical_frr"] == m / n
+    assert d["frr_upper_bound"] <= 0.005 and C.binom_sf(m, n, d["frr_upper_bound"]) == pytest.approx(0.95, abs=1e-6)
+
+
+def test_quantile_edge_holds_its_confidence_on_simulated_scores():
+    # repeated calibrations on exponential scores: the true FRR exp(-edge) must be <= r in >= ~95 %
+    rng = np.random.default_rng(0)
+    ok = sum(math.exp(-C.quantile_edge(rng.exponential(size=700), 0.005, 0.95)[0]) <= 0.005 for _ in range(100))
+    assert ok / 100 >= 0.9
+
+
+def test_too_few_images_names_the_number():
+    with pytest.raises(DataError, match=r"100 held-out good images are too few .* need at least 598"):
+        C.quantile_edge(np.random.default_rng(0).normal(size=100), 0.005, 0.95)
+    with pytest.raises(DataError, match=r"need at least 100"):
+        C.evt_edge(np.random.default_rng(0).normal(size=50), 0.005, 0.95)
+    with pytest.raises(DataError, match="between 0 and 1"):
+        C.calibrate(np.zeros(10), frr=5)
+    with pytest.raises(DataError, match="no good images"):
+        C.calibrate([], method="quantile")
+
+
+def test_gpd_pwm_recovers_parameters():
+    rng = np.random.default_rng(1)
+    xi, sigma = 0.2, 2.0
+    u = rng.random(20000)
+    y = sigma / xi * (u ** (-xi) - 1)  # GPD(xi, sigma) by inversion
+    xi_hat, sigma_hat = C.gpd_fit_pwm(y)
+    assert xi_hat == pytest.approx(xi, abs=0.05) and sigma_hat == pytest.approx(sigma, rel=0.05)
+
+
+def test_evt_edge_near_true_quantile_with_few_images():
+    rng = np.random.default_rng(2)
+    scores = rng.exponential(size=300)  # true 99.5 % quantile: -ln(0.005) = 5.30
+    edge, d = C.evt_edge(scores, 0.005, 0.95, n_bootstrap=300)
+    assert 4.0 < d["point_edge"] < 7.0
+    assert edge >= d["point_edge"]  # the bound is on the conservative side of the point estimate
+    assert d["n_tail"] == 30 and d["tail_quantile"] == 0.9
+    again, _ = C.evt_edge(scores, 0.005, 0.95, n_bootstrap=300)
+    assert again == edge  # seeded bootstrap: reproducible
+
+
+def test_coverage_method_band_and_margin():
+    good = np.array([0.1, 0.2, 0.6])
+    bad = np.array([0.5, 0.7, 0.9])
+    cal = C.calibrate(good, bad, method="coverage", margin=0.05, data_hash="sha256:x", date="2026-01-01T00:00:00+00:00")
+    assert cal.accept_edge == pytest.approx(0.45) and cal.reject_edge == pytest.approx(0.65)
+    assert cal.accept_edge <= cal.threshold <= cal.reject_edge
+    assert cal.details["coverage"] == pytest.approx(4 / 6)
+    sep = C.calibrate([0.1, 0.2], [0.8, 0.9], method="coverage")
+    assert sep.accept_edge == sep.reject_edge == sep.threshold == pytest.approx(0.5)
+    with pytest.raises(DataError, match="needs labelled defect images"):
+        C.calibrate(good, method="coverage")
+
+
+def test_good_only_margin_opens_review_band_below_edge():
+    scores = np.arange(600, dtype=float)
+    cal = C.calibrate(scores, method="quantile", margin=2.0)
+    assert cal.reject_edge == cal.threshold == 599.0 and cal.accept_edge == 597.0
+
+
+def test_calibration_serialises_to_manifest_thresholds(tmp_path):
+    p1, p2 = tmp_path / "a.png", tmp_path / "b.png"
+    p1.write_bytes(b"one")
+    p2.write_bytes(b"two")
+    h = C.hash_files([p2, p1], root=tmp_path)
+    assert h == C.hash_files([p1, p2], root=tmp_path) and h.startswith("sha256:")
+    cal = C.calibrate(np.linspace(0, 1, 700), np.array([2.0, 3.0]), data_hash=h)
+    d = json.loads(json.dumps(cal.to_dict()))
+    assert C.Calibration.from_dict(d) == cal
+    t = cal.to_thresholds()
+    assert {"threshold", "accept_edge", "reject_edge", "source"} <= set(t)
+    assert t["source"] == "calibration:quantile" and t["data_hash"] == h and t["n_defect"] == 2
+    assert cal.details["defect_accept_rate_at_edge"] == 0.0
