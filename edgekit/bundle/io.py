@@ -39,6 +39,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles are copied to and read by the device user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -97,8 +98,15 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Open a bundle directory: schema check + upgrade, then sha256 of every file."""
+    """Open a bundle directory or a ``.edgekit`` archive (unpacked to the cache first): schema
+    check + upgrade, then sha256 of every file."""
     p = Path(path)
+    if p.is_file():
+        from edgekit.bundle.archive import is_archive, unpack_archive
+
+        if not is_archive(p):
+            raise BundleError(f"{p}: not a bundle directory or .edgekit archive; build one with `edgekit build`")
+        p = unpack_archive(p)
     mf = p / MANIFEST
     if not p.is_dir():
         raise BundleError(f"{p}: bundle directory not found; build one with `edgekit build RUN_DIR --out {p}`")

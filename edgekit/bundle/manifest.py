@@ -14,8 +14,25 @@ from edgekit.errors import BundleError
 FORMAT_VERSION = 1
 FORMAT_NAME = "edgekit-bundle"
 
+
+
+def _v0_to_v1(m: dict[str, Any]) -> dict[str, Any]:
+    """Format 0 (pre-release bundles): one ``model`` file, a flat ``sha256`` map and a single
+    ``threshold``. Format 1 keys models by precision, names the hash map ``files`` and carries
+    the accept/review/reject band (a single threshold = band of width zero)."""
+    out = {k: v for k, v in m.items() if k not in ("model", "sha256", "threshold")}
+    model = m.get("model", "model.onnx")
+    out["models"] = {"fp32": {"file": model, "kind": "onnx", "precision": "fp32"}}
+    out["files"] = dict(m.get("sha256", {}))
+    t = m.get("threshold")
+    out["thresholds"] = {"threshold": t, "accept_edge": t, "reject_edge": t, "source": "migrated from format 0"}
+    out.setdefault("build", {"steps_pending": []})
+    out["format_version"] = 1
+    return out
+
+
 # version N -> function upgrading a manifest dict from N to N+1 (pure, tested)
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v1}
 
 REQUIRED_KEYS = (
     "format", "format_version", "edgekit_version", "bundle_id", "method", "backbone",

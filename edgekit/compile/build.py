@@ -1,14 +1,20 @@
-"""`edgekit build`: a trained run → a verified bundle directory.
+"""`edgekit build`: a trained run → a verified bundle directory (optionally a `.edgekit` archive).
 
 Steps: load run → export FP32 ONNX (preprocessing + scoring fused) → parity check torch vs
-onnxruntime on held-out good tiles → calibration.json + manifest.json with sha256 of every file."""
+onnxruntime on held-out good tiles → FP16 / INT8 (Q/DQ, calibrated on real good images) copies →
+accuracy gate of every precision against FP32 on held-out images → TensorRT engines on the device
+(or a recorded ``build-on-device`` step) → calibration.json + manifest.json with sha256 of every
+file."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import platform
 import shutil
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,9 @@ import numpy as np
 from edgekit import __version__
 from edgekit.bundle.io import load_bundle, write_json_atomic, write_manifest
 from edgekit.bundle.manifest import FORMAT_NAME, FORMAT_VERSION
-from edgekit.errors import BundleError
+from edgekit.errors import BundleError, ConfigError
+
+log = logging.getLogger(__name__)
 
 PARITY_RTOL = 1e-4
 
@@ -60,14 +68,102 @@ def _hash_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu", quiet: bool = False) -> Path:
-    """Compile a run into a bundle directory (replaced atomically if it exists)."""
-    import onnx
-    import torch
 
-    from edgekit.compile.onnx_export import export_onnx, set_metadata
+PRECISIONS = ("fp32", "fp16", "int8")
+MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+ENGINE_FILES = {"fp32": "model.fp32.engine", "fp16": "model.fp16.engine", "int8": "model.int8.engine"}
+
+
+def parse_precisions(text: str | Sequence[str]) -> list[str]:
+    """"fp32,int8" → ["fp32", "int8"] (fp32 always first: it is the reference); ConfigError otherwise."""
+    items = [p.strip().lower() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    bad = [p for p in items if p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"--precision: unknown {', '.join(bad)} (valid: {', '.join(PRECISIONS)})")
+    return ["fp32", *[p for p in PRECISIONS[1:] if p in items]]
+
+
+def _image_paths(data_dir: str | Path) -> list[Path]:
+    """A dataset (train/good) or a plain folder of images → good image paths."""
+    from edgekit.data.dataset import list_images, scan_dataset
+
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise BundleError(f"--calib-data {d}: folder not found; pass a folder of good images or a dataset with train/good")
+    if (d / "train").is_dir():
+        return list(scan_dataset(d).train_good)
+    return list_images(d)
+
+
+def _on_jetson() -> bool:
+    return Path("/etc/nv_tegra_release").exists()
+
+
+def _tensorrt_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def _gate(run: Any, tmp: Path, keys: list[str], eval_data: str | Path | None, thresholds: dict[str, Any],
+          allow_degraded: bool, eval_max_images: int | None, quiet: bool) -> dict[str, Any]:
+    """Score every precision and FP32 on the same held-out images; refuse beyond the tolerance."""
+    from edgekit.compile.parity import OnnxModel, accuracy_gate, compare, eval_set_from_dir, load_eval_set
+
+    if eval_data is not None:
+        es = eval_set_from_dir(eval_data, run.spec, eval_max_images)
+    else:
+        # held-out good images of the run: no labels, so rank correlation and score diffs only
+        val = [Path(p) for p in run.info["data"].get("val_images", [])]
+        if not val:
+            from edgekit.train import gather_training_images
+
+            val = gather_training_images(run.info["data"]["dirs"])[0][:32]
+        es = load_eval_set(val, run.spec, None, "run validation images (good only)", eval_max_images)
+    ref = es.image_scores(OnnxModel(tmp / MODEL_FILES["fp32"]).score_tiles(es.tiles))
+    from edgekit.evaluate.metrics import image_auroc
+
+    ref_auroc = image_auroc(es.labels, ref) if es.labels is not None else None
+    results = {}
+    for key in keys:
+        scores = es.image_scores(OnnxModel(tmp / MODEL_FILES[key]).score_tiles(es.tiles))
+        results[key] = compare(ref, scores, es.labels, thresholds)
+        if not quiet:
+            r = results[key]
+            auroc = f", AUROC {r['auroc'] * 100:.2f} (fp32 {ref_auroc * 100:.2f})" if r["auroc"] is not None else ""
+            print(f"{key} vs fp32 on {es.n_images} images: spearman {r['spearman']:.4f}, max abs score diff "
+                  f"{r['max_abs_diff']:.3g}{auroc}")
+    tolerance = float(run.recipe.build.accuracy_tolerance_pt)
+    warnings = accuracy_gate(results, ref_auroc, tolerance, allow_degraded)
+    for w in warnings:
+        log.warning(w)
+        if not quiet:
+            print(f"warning: {w}")
+    return {"reference": "fp32", "eval_source": es.source, "n_images": es.n_images, "n_tiles": int(len(es.tiles)),
+            "labelled": es.labels is not None, "fp32_auroc": ref_auroc, "tolerance_pt": tolerance,
+            "results": results, "degraded": warnings, "allow_degraded": allow_degraded}
+
+
+def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu", quiet: bool = False,
+                 precisions: Sequence[str] = ("fp32",), calib_data: str | Path | None = None,
+                 eval_data: str | Path | None = None, allow_degraded: bool = False, archive: bool = False,
+                 calib_max_tiles: int = 96, eval_max_images: int | None = None, int8_exclude_stem: bool = False,
+                 trt: Any = None) -> Path:
+    """Compile a run into a bundle directory (replaced atomically if it exists).
+
+    Args:
+        precisions: any of fp32 (always built: the reference), fp16, int8.
+        calib_data: good images for INT8 calibration (default: the run's training images).
+        eval_data: labelled dataset (test/good, test/<defect>) for the AUROC gate; default: the
+            run's held-out good images (rank correlation and score differences only).
+        allow_degraded: keep a precision whose AUROC drops more than the recipe's tolerance
+            (warned and recorded in the manifest) instead of refusing the build.
+        archive: also write ``<bundle_dir>.edgekit`` (single-file tar, manifest first).
+        trt: tensorrt module for ``--target jetson`` on the device (tests pass a fake).
+    Returns: the bundle directory."""
     from edgekit.train import load_run
 
+    keys = parse_precisions(precisions)
     run = load_run(run_dir, "cpu")
     cal = run.info.get("calibration") or {}
     if cal.get("accept_edge") is None or cal.get("reject_edge") is None:
@@ -76,14 +172,86 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        manifest = _build_into(run, Path(run_dir), tmp, out, target, keys, calib_data, eval_data, allow_degraded,
+                               calib_max_tiles, eval_max_images, int8_exclude_stem, trt, quiet, cal)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a refused build leaves no half bundle behind
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.replace(old)
+        tmp.replace(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.replace(out)
+    if archive:
+        from edgekit.bundle.archive import pack_archive
+
+        arc = pack_archive(out, out.with_name(out.name + ".edgekit"))
+        if not quiet:
+            print(f"archive written to {arc}")
+    if not quiet:
+        print(f"bundle written to {out} (id {manifest['bundle_id']}, target {target}, models {', '.join(manifest['models'])})")
+    return out
+
+
+def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys: list[str], calib_data: Any,
+                eval_data: Any, allow_degraded: bool, calib_max_tiles: int, eval_max_images: int | None,
+                int8_exclude_stem: bool, trt: Any, quiet: bool, cal: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from edgekit.compile.onnx_export import export_onnx, set_metadata
+    from edgekit.compile.quantize import calibration_tiles, convert_fp16, quantize_int8
+
     bundle_id = uuid.uuid4().hex[:16]
-    recipe_text = (Path(run_dir) / "recipe.yaml").read_text(encoding="utf-8")
+    recipe_text = (run_dir / "recipe.yaml").read_text(encoding="utf-8")
     opset = run.recipe.build.opset
     onnx_path = export_onnx(run.model, run.spec, tmp / "model.onnx", opset=opset)
-    set_metadata(onnx_path, {"edgekit.bundle_id": bundle_id, "edgekit.method": run.info["method"]})
+    meta = {"edgekit.bundle_id": bundle_id, "edgekit.method": run.info["method"]}
+    set_metadata(onnx_path, meta)
     parity = check_parity(run, onnx_path, parity_tiles(run))
     if not quiet:
         print(f"exported model.onnx (opset {opset}); torch vs onnxruntime max rel score diff {parity['max_rel_score_diff']:.1e}")
+    models: dict[str, dict[str, Any]] = {"fp32": {"file": "model.onnx", "kind": "onnx", "precision": "fp32", "parity": parity}}
+    files = ["model.onnx", "calibration.json"]
+    build: dict[str, Any] = {"opset": opset, "onnx_version": onnx.__version__, "torch_version": torch.__version__,
+                             "host": platform.node(), "machine": platform.machine(), "precisions": keys,
+                             "steps_pending": []}
+    build["onnxruntime_version"] = onnxruntime.__version__
+    if "fp16" in keys:
+        info = convert_fp16(onnx_path, tmp / MODEL_FILES["fp16"])
+        set_metadata(tmp / MODEL_FILES["fp16"], {**meta, "edgekit.precision": "fp16"})
+        models["fp16"] = {"file": MODEL_FILES["fp16"], "kind": "onnx", "precision": "fp16", "conversion": info}
+        files.append(MODEL_FILES["fp16"])
+        if not quiet:
+            print(f"converted {MODEL_FILES['fp16']} ({info['fp32_nodes']} nodes kept fp32)")
+    if "int8" in keys:
+        from edgekit.train import gather_training_images
+
+        paths = _image_paths(calib_data) if calib_data is not None else gather_training_images(run.info["data"]["dirs"])[0]
+        tiles, cinfo = calibration_tiles(paths, run.spec, calib_max_tiles, seed=run.recipe.train.seed)
+        cinfo["source"] = str(Path(calib_data).resolve()) if calib_data is not None else "run training images"
+        qinfo = quantize_int8(onnx_path, tmp / MODEL_FILES["int8"], tiles, exclude_stem=int8_exclude_stem, progress=not quiet)
+        set_metadata(tmp / MODEL_FILES["int8"], {**meta, "edgekit.precision": "int8"})
+        models["int8"] = {"file": MODEL_FILES["int8"], "kind": "onnx", "precision": "int8", "quantization": qinfo,
+                          "calibration_data": cinfo}
+        build["calibration_data"] = cinfo
+        files.append(MODEL_FILES["int8"])
+        if not quiet:
+            print(f"quantized {MODEL_FILES['int8']} on {cinfo['n_tiles']} tiles from {cinfo['n_images']} images "
+                  f"({qinfo['qdq_nodes']['QuantizeLinear']} Q nodes, {len(qinfo['excluded_nodes'])} nodes kept float)")
+    thresholds = {k: cal.get(k) for k in ("threshold", "accept_edge", "reject_edge", "source")}
+    if len(keys) > 1:
+        gate = _gate(run, tmp, keys[1:], eval_data, thresholds, allow_degraded, eval_max_images, quiet)
+        for key in keys[1:]:
+            models[key]["accuracy"] = gate["results"][key]
+        build["accuracy_gate"] = {k: v for k, v in gate.items() if k != "results"}
+        if gate["degraded"]:
+            build["degraded"] = gate["degraded"]
     calibration = {**cal, "preprocess": run.spec.to_dict()}
     write_json_atomic(tmp / "calibration.json", calibration)
     s = run.spec.size
@@ -95,36 +263,93 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
         "inputs": [{"name": "image", "dtype": "uint8", "shape": ["batch", s, s, 3], "layout": "NHWC", "color": run.spec.color}],
         "outputs": [{"name": "anomaly_map", "dtype": "float32", "shape": ["batch", 1, s, s]},
                     {"name": "score", "dtype": "float32", "shape": ["batch"], "reduce_tiles": "max"}],
-        "models": {"fp32": {"file": "model.onnx", "kind": "onnx", "precision": "fp32", "parity": parity}},
-        "files": {"model.onnx": "", "calibration.json": ""},
-        "thresholds": {k: cal.get(k) for k in ("threshold", "accept_edge", "reject_edge", "source")},
+        "models": models,
+        "files": {f: "" for f in files},
+        "thresholds": thresholds,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": target,
-        "build": {"opset": opset, "onnx_version": onnx.__version__, "torch_version": torch.__version__,
-                  "host": platform.node(), "machine": platform.machine(), "steps_pending": []},
-        "run": {"data_hash": run.info["data"]["hash"], "epochs": run.info.get("epochs_done"),
+        "build": build,
+        "run": {"path": str(run_dir.resolve()), "data_hash": run.info["data"]["hash"], "epochs": run.info.get("epochs_done"),
                 "method_facts": run.info.get("method_facts", {}), "train_time_s": run.info.get("train_time_s")},
         "export_info": run.model.export_info(),
     }
     if target == "jetson":
-        manifest["build"]["steps_pending"].append(
-            {"step": "build-on-device", "command": f"edgekit build {out} --target jetson --engine-only"}
-        )
+        step = {"step": "build-on-device", "command": f"edgekit build {out} --target jetson --engine-only",
+                "precisions": ["fp16", *(["int8"] if "int8" in keys else [])]}
+        if trt is not None or (_on_jetson() and _tensorrt_importable()):
+            write_manifest(tmp, manifest)
+            manifest = build_engines_in(tmp, step["precisions"], trt=trt, quiet=quiet)
+        else:
+            build["steps_pending"].append(step)
+            if not quiet:
+                print(f"TensorRT engines must be built on the Jetson: copy the bundle there and run `{step['command']}`")
     write_manifest(tmp, manifest)
     load_bundle(tmp)  # read back exactly as the device will
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.replace(old)
-        tmp.replace(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.replace(out)
-    if not quiet:
-        print(f"bundle written to {out} (id {bundle_id}, target {target})")
-    return out
+    return manifest
 
 
-def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None) -> None:
+def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = None, trt: Any = None,
+                     cudart: Any = None, batch_max: int = 8, workspace_mib: int = 1024, quiet: bool = False) -> dict[str, Any]:
+    """Build TensorRT engines inside an existing bundle and rewrite its manifest (re-hashed).
+
+    Args:
+        precisions: engine precisions (fp32/fp16/int8); default: the pending ``build-on-device``
+            step's list, else fp16 plus int8 when the bundle has a Q/DQ model.
+        trt / cudart: tensorrt and cuda-python runtime modules (tests pass fakes).
+    Returns: the new manifest."""
+    from edgekit.compile.trt_build import TIMING_CACHE, EngineSpec, build_engine, device_info, import_tensorrt
+
+    trt = trt or import_tensorrt()
+    bundle = load_bundle(bundle_dir)
+    manifest = json.loads(json.dumps(bundle.manifest))  # deep copy
+    pending = [s for s in manifest["build"].get("steps_pending", []) if s.get("step") == "build-on-device"]
+    if precisions is None:
+        precisions = pending[0].get("precisions") if pending else ["fp16", *(["int8"] if "int8" in bundle.models else [])]
+    dev = device_info(cudart)
+    size = int(bundle.preprocess.size)
+    engines: dict[str, Any] = {}
+    for p in precisions:
+        src_key = "int8" if p == "int8" else "fp32"
+        if src_key not in bundle.models:
+            raise BundleError(f"{bundle.path}: no {src_key} ONNX model to build a TensorRT {p} engine from; "
+                              "rebuild the bundle with --precision fp32,int8")
+        spec = EngineSpec(p, bundle.model_path(src_key), bundle.path / ENGINE_FILES[p], size, 1, 1, batch_max,
+                          workspace_mib, bundle.path / TIMING_CACHE)
+        info = build_engine(spec, trt)
+        info.update(dev)
+        manifest["models"][f"trt-{p}"] = {"file": ENGINE_FILES[p], "kind": "tensorrt", **info}
+        manifest["files"][ENGINE_FILES[p]] = ""
+        engines[p] = info
+        if not quiet:
+            print(f"built TensorRT {p} engine {ENGINE_FILES[p]} (TensorRT {info['tensorrt_version']}, {dev['gpu']})")
+    manifest["files"][TIMING_CACHE] = ""
+    manifest["build"]["tensorrt"] = {"version": str(trt.__version__), **dev, "timing_cache": TIMING_CACHE,
+                                     "engines": sorted(engines)}
+    manifest["build"]["tensorrt_version"] = str(trt.__version__)
+    manifest["build"]["steps_pending"] = [s for s in manifest["build"].get("steps_pending", [])
+                                          if s.get("step") != "build-on-device"]
+    write_manifest(bundle.path, manifest)
+    return load_bundle(bundle.path).manifest
+
+
+def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None, precision: str = "fp32",
+              calib_data: str | None = None, eval_data: str | None = None, allow_degraded: bool = False,
+              engine_only: bool = False, archive: bool = False) -> None:
+    """`edgekit build`: a run directory → bundle; with ``--engine-only`` a bundle → its engines."""
+    if engine_only:
+        if target != "jetson":
+            raise ConfigError("--engine-only builds TensorRT engines: pass --target jetson (on the device)")
+        if not (Path(model_dir) / "manifest.json").is_file():
+            raise BundleError(f"{model_dir}: --engine-only needs a bundle directory (with manifest.json)")
+        precisions = None if precision == "fp32" else [p for p in parse_precisions(precision) if p != "fp32"] or None
+        build_engines_in(model_dir, precisions)
+        if archive:
+            from edgekit.bundle.archive import pack_archive
+
+            print(f"archive written to {pack_archive(model_dir, Path(model_dir).with_name(Path(model_dir).name + '.edgekit'))}")
+        return
+    if (Path(model_dir) / "manifest.json").is_file():
+        raise BundleError(f"{model_dir} is a bundle; pass the run directory, or --target jetson --engine-only to add engines")
     out = bundle_dir or str(Path(model_dir).with_name(Path(model_dir).name + "-bundle"))
-    build_bundle(model_dir, out, target=target)
+    build_bundle(model_dir, out, target=target, precisions=parse_precisions(precision), calib_data=calib_data,
+                 eval_data=eval_data, allow_degraded=allow_degraded, archive=archive)

@@ -1,0 +1,202 @@
+"""Compare a bundle's models against a reference (FP32 ONNX or the torch checkpoint) on the same
+images: the build's accuracy gate and ``edgekit verify`` use the same numbers.
+
+Per model: max abs / rel image-score difference, Spearman rank correlation of image scores,
+image AUROC when labels are known, and how many accept/review/reject decisions flip under the
+bundle's band."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BundleError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSet:
+    """Images cut into tiles, scored by every model the same way.
+
+    Args:
+        tiles: (T, S, S, 3) uint8.
+        image_of_tile: (T,) int index of the image each tile came from (sorted ascending).
+        labels: (I,) int 0/1 per image, or None when the images are unlabelled.
+        names: I image file names.
+        source: where the images came from (for reports).
+    """
+
+    tiles: np.ndarray
+    image_of_tile: np.ndarray
+    labels: np.ndarray | None
+    names: list[str]
+    source: str
+
+    @property
+    def n_images(self) -> int:
+        return len(self.names)
+
+    def image_scores(self, tile_scores: np.ndarray) -> np.ndarray:
+        """(T,) tile scores → (I,) image scores (max over each image's tiles, as on the line)."""
+        starts = np.flatnonzero(np.r_[True, self.image_of_tile[1:] != self.image_of_tile[:-1]])
+        return np.maximum.reduceat(tile_scores.astype(np.float64), starts).astype(np.float32)
+
+
+def load_eval_set(paths: Sequence[Path], spec: Any, labels: Sequence[int] | None = None, source: str = "",
+                  max_images: int | None = None, seed: int = 0) -> EvalSet:
+    """Decode and tile ``paths`` (unreadable files skipped with a warning).
+
+    Args:
+        labels: 0/1 per path, or None.
+        max_images: keep a seeded, class-stratified subset of this many images (None = all)."""
+    from edgekit.data.images import read_image
+    from edgekit.data.preprocess import make_tiles
+
+    idx = np.arange(len(paths))
+    if max_images is not None and len(paths) > max_images:
+        rng = np.random.default_rng(seed)
+        if labels is not None:
+            lab = np.asarray(labels)
+            keep = []
+            for c in (0, 1):
+                members = idx[lab == c]
+                k = round(max_images * len(members) / len(paths))
+                keep.extend(rng.choice(members, size=min(len(members), max(k, 1)), replace=False).tolist())
+            idx = np.sort(np.asarray(keep, dtype=int))
+        else:
+            idx = np.sort(rng.choice(idx, size=max_images, replace=False))
+    tiles, owner, names, kept_labels = [], [], [], []
+    for i in idx:
+        p = Path(paths[int(i)])
+        try:
+            t, _ = make_tiles(read_image(p), spec)
+        except DataError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        owner.extend([len(names)] * len(t))
+        tiles.append(t)
+        names.append(p.name)
+        if labels is not None:
+            kept_labels.append(int(labels[int(i)]))
+    if not tiles:
+        raise DataError(f"{source or 'evaluation set'}: no readable images; pass a folder with images")
+    return EvalSet(np.concatenate(tiles), np.asarray(owner, dtype=np.int64),
+                   np.asarray(kept_labels, dtype=np.int64) if labels is not None else None, names, source)
+
+
+def eval_set_from_dir(data_dir: str | Path, spec: Any, max_images: int | None = None) -> EvalSet:
+    """A labelled dataset (MVTec layout with test/) → its test images with labels; a plain folder
+    of images → unlabelled."""
+    from edgekit.data.dataset import list_images, scan_dataset
+
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"{d}: data folder not found; pass a dataset (with test/) or a folder of images")
+    if (d / "test").is_dir():
+        idx = scan_dataset(d)
+        return load_eval_set([s.path for s in idx.test], spec, [s.label for s in idx.test], str(d), max_images)
+    paths = list_images(d)
+    if not paths:
+        raise DataError(f"{d}: no images found; pass a dataset (with test/) or a folder of images")
+    return load_eval_set(paths, spec, None, str(d), max_images)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); 1.0 for fewer than 2 or constant inputs."""
+    from edgekit.evaluate.metrics import average_ranks
+
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.size < 2:
+        return 1.0
+    ra, rb = average_ranks(a), average_ranks(b)
+    sa, sb = ra.std(), rb.std()
+    if sa == 0 or sb == 0:
+        return 1.0 if sa == sb else 0.0
+    return float(np.mean((ra - ra.mean()) * (rb - rb.mean())) / (sa * sb))
+
+
+def decisions(scores: np.ndarray, accept_edge: float, reject_edge: float) -> np.ndarray:
+    """(N,) scores → (N,) int8 decisions: 0 accept, 1 review, 2 reject (the manifest's band rule)."""
+    s = np.asarray(scores)
+    return np.where(s < accept_edge, 0, np.where(s >= reject_edge, 2, 1)).astype(np.int8)
+
+
+def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None, band: dict[str, Any] | None) -> dict[str, Any]:
+    """Image scores of one model vs the reference's.
+
+    Args:
+        ref, test: (I,) float image scores.
+        labels: (I,) 0/1 or None.
+        band: manifest thresholds (accept_edge/reject_edge) or None.
+    Returns: max_abs_diff, max_rel_diff, spearman, auroc (None without labels), flips."""
+    from edgekit.evaluate.metrics import image_auroc
+
+    diff = np.abs(test.astype(np.float64) - ref.astype(np.float64))
+    out: dict[str, Any] = {
+        "n_images": int(ref.size),
+        "max_abs_diff": float(diff.max(initial=0.0)),
+        "max_rel_diff": float((diff / np.maximum(np.abs(ref), 1e-12)).max(initial=0.0)),
+        "spearman": spearman(ref, test),
+        "auroc": image_auroc(labels, test) if labels is not None else None,
+    }
+    if band and band.get("accept_edge") is not None and band.get("reject_edge") is not None:
+        d0 = decisions(ref, band["accept_edge"], band["reject_edge"])
+        d1 = decisions(test, band["accept_edge"], band["reject_edge"])
+        out["decision_flips"] = int(np.sum(d0 != d1))
+        out["flips_accept_reject"] = int(np.sum(np.abs(d0.astype(int) - d1.astype(int)) == 2))
+    return out
+
+
+class OnnxModel:
+    """One ONNX file in onnxruntime (CPU), scoring tiles in batches."""
+
+    def __init__(self, path: str | Path, threads: int = 0, batch: int = 8) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        self.path = Path(path)
+        self.batch = batch
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types
+            raise BundleError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]}); rebuild the bundle") from None
+
+    def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """(T, S, S, 3) uint8 → (T,) float32 tile scores."""
+        out = [self.session.run(["score"], {"image": np.ascontiguousarray(tiles[i : i + self.batch])})[0]
+               for i in range(0, len(tiles), self.batch)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
+
+
+def accuracy_gate(results: dict[str, dict[str, Any]], ref_auroc: float | None, tolerance_pt: float,
+                  allow_degraded: bool) -> list[str]:
+    """Refuse a precision whose image AUROC is more than ``tolerance_pt`` points below FP32.
+
+    Args:
+        results: precision → ``compare`` output.
+        ref_auroc: FP32 AUROC (None without labels: then only rank correlation is reported).
+    Returns: warning lines for precisions kept under ``allow_degraded`` (recorded in the manifest).
+    Raises: BundleError naming the precision, the drop and ``--allow-degraded``."""
+    warnings: list[str] = []
+    for key, r in results.items():
+        if ref_auroc is None or r.get("auroc") is None:
+            continue
+        drop_pt = (ref_auroc - r["auroc"]) * 100.0
+        r["auroc_drop_pt"] = drop_pt
+        if drop_pt > tolerance_pt:
+            msg = (f"{key}: image AUROC {r['auroc'] * 100:.2f} is {drop_pt:.2f} pt below fp32 ({ref_auroc * 100:.2f}); "
+                   f"tolerance {tolerance_pt:g} pt (recipe build.accuracy_tolerance_pt)")
+            if not allow_degraded:
+                raise BundleError(f"{msg}; drop {key} from --precision, or pass --allow-degraded to keep it anyway")
+            warnings.append(msg + "; kept because of --allow-degraded")
+    return warnings

@@ -1,0 +1,240 @@
+"""Reduced-precision copies of a bundle's FP32 ONNX model: FP16 (converted, IO kept uint8 in /
+float32 out) and INT8 with explicit Q/DQ nodes calibrated on real good images.
+
+Explicit Q/DQ is the INT8 form TensorRT 10 expects (its implicit calibrators are deprecated)
+and the same file runs in onnxruntime here. TensorRT only accepts symmetric quantization (zero
+point 0), so activations and weights are both QInt8 symmetric; weights per output channel.
+
+The scoring tail (cosine/normalisation, Resize, blur, ReduceMax) stays in float: it is cheap,
+and quantizing a normalised distance or a Gaussian blur of the anomaly map moves scores near the
+threshold, which is exactly where decisions flip."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgekit.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+# Ops that normalise features or turn them into scores; they and everything after them form the
+# scoring tail, which stays float in INT8 (see module docstring).
+TAIL_START_OPS = frozenset({
+    "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean", "ReduceMax", "ReduceMin", "Sqrt", "Div",
+    "LpNormalization", "Resize", "TopK", "ArgMin", "ArgMax", "Softmax",
+})
+# Ops quantized (Q/DQ around them); Clip/Relu after a quantized Conv are absorbed by the
+# quantizer, element-wise ops in the feature network (residual Add) keep the chain in int8.
+INT8_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "MaxPool", "AveragePool", "GlobalAveragePool",
+                 "Concat")
+# FP16: ops whose inputs/outputs stay float32. The scoring math (sums of squares over channels,
+# sqrt, division) overflows or loses the small differences that decide scores in fp16.
+FP16_BLOCK_OPS = ("ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean", "ReduceMax", "ReduceMin", "Sqrt", "Div",
+                  "Resize", "Pad", "LpNormalization", "TopK", "ArgMin", "Softmax", "Cast", "Max", "Min")
+
+
+def scoring_tail(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes from the first normalisation/scoring op to the outputs, in graph order."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    tail: set[str] = set()
+    stack = [n for n in model.graph.node if n.op_type in TAIL_START_OPS]
+    while stack:
+        n = stack.pop()
+        if n.name in tail:
+            continue
+        tail.add(n.name)
+        for o in n.output:
+            stack.extend(consumers.get(o, []))
+    return [n.name for n in model.graph.node if n.name in tail]
+
+
+def stem_nodes(model: onnx.ModelProto) -> list[str]:
+    """The first Conv fed (through preprocessing) by the graph input: the stem convolution."""
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            return [n.name]
+    return []
+
+
+def _ensure_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """nodes_to_exclude works by name; give unnamed nodes a stable one."""
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+    return model
+
+
+def convert_fp16(src: str | Path, dst: str | Path, block_ops: Sequence[str] = FP16_BLOCK_OPS) -> dict[str, Any]:
+    """Write an FP16 copy of ``src``: weights and activations fp16, IO unchanged (uint8 in,
+    float32 out), ``block_ops`` kept in float32 with Casts at the borders.
+
+    The scoring tail (``scoring_tail``) stays float32 as well.
+
+    Returns facts for the manifest (blocked op types, number of fp32 nodes)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = _ensure_node_names(onnx.load(str(src)))
+    tail = scoring_tail(model)  # cheap, and where fp16 rounding would move scores
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(block_ops), node_block_list=tail)
+    _toposort(fp16.graph)  # the converter appends its border Casts out of order
+    onnx.checker.check_model(fp16)
+    onnx.save(fp16, str(dst))
+    kept = [n.name for n in model.graph.node if n.op_type in set(block_ops)]
+    return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True,
+            "fp32_op_types": sorted(set(block_ops)), "fp32_nodes": len(set(kept) | set(tail)),
+            "fp32_scoring_tail": len(tail)}
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    nodes = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while nodes:
+        rest = []
+        for n in nodes:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(nodes):
+            raise BundleError("fp16 conversion produced a graph with a cycle or a dangling input; report this")
+        nodes = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+class TileReader:
+    """onnxruntime CalibrationDataReader over uint8 tiles (T, S, S, 3), ``batch`` at a time."""
+
+    def __init__(self, tiles: np.ndarray, batch: int = 8, input_name: str = "image", progress: bool = True) -> None:
+        self.tiles = tiles
+        self.batch = batch
+        self.input_name = input_name
+        self.progress = progress
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _gen(self) -> Iterator[dict[str, np.ndarray]]:
+        from tqdm import tqdm
+
+        starts = range(0, len(self.tiles), self.batch)
+        for i in tqdm(starts, desc="calibrate int8", unit="batch", leave=False, disable=not self.progress):
+            yield {self.input_name: np.ascontiguousarray(self.tiles[i : i + self.batch])}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self._gen()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def calibration_tiles(paths: Sequence[Path], spec: Any, max_tiles: int = 96, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode good images, tile them with the run's spec and keep a seeded subset.
+
+    Returns: tiles (T, S, S, 3) uint8 with T ≤ max_tiles, and facts for the manifest (image and
+    tile counts, sha256 over the chosen image paths + sizes)."""
+    from edgekit.data.images import read_image
+    from edgekit.data.preprocess import make_tiles
+    from edgekit.errors import DataError
+
+    if not paths:
+        raise BundleError("no calibration images; pass --calib-data DIR with good images (train/good or a folder)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(paths))
+    tiles: list[np.ndarray] = []
+    used: list[Path] = []
+    for k in order:
+        p = Path(paths[int(k)])
+        try:
+            t, _ = make_tiles(read_image(p), spec)
+        except DataError as exc:
+            log.warning("calibration: skipping %s", exc)
+            continue
+        tiles.append(t)
+        used.append(p)
+        if sum(len(x) for x in tiles) >= max_tiles:
+            break
+    if not tiles:
+        raise BundleError("no readable calibration images; check --calib-data")
+    arr = np.concatenate(tiles)[:max_tiles]
+    h = hashlib.sha256()
+    for p in sorted(used):
+        h.update(p.name.encode())
+        h.update(str(p.stat().st_size).encode())
+    return arr, {"n_images": len(used), "n_tiles": int(len(arr)), "hash": h.hexdigest(), "seed": seed}
+
+
+def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exclude_stem: bool = False,
+                  extra_exclude: Sequence[str] = (), method: str = "minmax", progress: bool = True) -> dict[str, Any]:
+    """Write an explicit Q/DQ INT8 copy of ``src`` calibrated on ``calib_tiles``.
+
+    Args:
+        calib_tiles: (T, S, S, 3) uint8 good tiles.
+        exclude_stem: keep the stem convolution in float (it sees raw normalised pixels).
+        extra_exclude: further node names to keep in float.
+        method: "minmax" or "percentile" (clips activation outliers at 99.999 %).
+    Returns: facts for the manifest (quantized op types, nodes kept float, calibration method)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # shape inference + basic fusions (BN folding) so the quantizer sees Conv→Clip chains
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        model = _ensure_node_names(onnx.load(str(pre)))
+        onnx.save(model, str(pre))
+        tail = scoring_tail(model)
+        excluded = list(dict.fromkeys([*tail, *(stem_nodes(model) if exclude_stem else []), *extra_exclude]))
+        calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+        extra: dict[str, Any] = {
+            "ActivationSymmetric": True,  # TensorRT: zero point must be 0
+            "WeightSymmetric": True,
+            "CalibMaxIntermediateOutputs": 8,  # bound calibration memory at 256² tiles
+        }
+        if method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        quantize_static(
+            str(pre), str(dst), TileReader(calib_tiles, progress=progress), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(INT8_OP_TYPES), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            calibrate_method=calib, extra_options=extra,
+        )
+    q = onnx.load(str(dst))
+    counts = qdq_counts(q)
+    if counts["QuantizeLinear"] == 0:
+        raise BundleError(f"{dst}: quantizer inserted no Q/DQ nodes; the graph has no quantizable ops")
+    float_compute = [n.name for n in q.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
+                     and not _is_fed_by_dq(q, n)]
+    return {
+        "format": "QDQ", "tool": "onnxruntime.quantization.quantize_static", "per_channel": True,
+        "activation_type": "int8-symmetric", "weight_type": "int8-symmetric-per-channel", "calibration_method": method,
+        "op_types": list(INT8_OP_TYPES), "qdq_nodes": counts, "excluded_nodes": excluded,
+        "float_compute_nodes": float_compute, "exclude_stem": exclude_stem,
+    }
+
+
+def qdq_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Number of QuantizeLinear / DequantizeLinear nodes in ``model``."""
+    ops = [n.op_type for n in model.graph.node]
+    return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
+
+
+def _is_fed_by_dq(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    producers = {o: n for n in model.graph.node for o in n.output}
+    src = producers.get(node.input[0]) if node.input else None
+    return src is not None and src.op_type == "DequantizeLinear"

@@ -1,0 +1,145 @@
+"""Build TensorRT engines from a bundle's ONNX files, on the device that will run them.
+
+Engines are not portable across GPUs or TensorRT versions, so ``edgekit build --target jetson``
+on a workstation records a ``build-on-device`` step and ``edgekit build BUNDLE --target jetson
+--engine-only`` finishes it on the Jetson (JetPack 6, TensorRT 10.x). Written against the
+TensorRT 10 Python API; the ``trt`` module is a parameter so tests drive the same logic with a
+recording fake of the API surface.
+
+Precisions: ``fp32`` and ``fp16`` engines come from the FP32 ONNX (TensorRT picks fp16 kernels
+under ``BuilderFlag.FP16``); ``int8`` comes from the explicit Q/DQ ONNX (``BuilderFlag.INT8``;
+TensorRT 10 takes the scales from the Q/DQ nodes, no calibrator)."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import BundleError, DeviceError
+
+INPUT_NAME = "image"
+TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine to build.
+
+    Args:
+        precision: "fp32", "fp16" or "int8".
+        onnx_path: source ONNX (FP32 model for fp32/fp16, Q/DQ model for int8).
+        engine_path: where the serialized engine goes.
+        input_size: S of the (N, S, S, 3) uint8 input.
+        batch_min / batch_opt / batch_max: optimisation profile for the batch (tile) dimension.
+        workspace_mib: builder workspace memory pool limit.
+        timing_cache_path: read before and written after the build (shared by all engines).
+    """
+
+    precision: str
+    onnx_path: Path
+    engine_path: Path
+    input_size: int
+    batch_min: int = 1
+    batch_opt: int = 1
+    batch_max: int = 8
+    workspace_mib: int = 1024
+    timing_cache_path: Path | None = None
+
+
+def import_tensorrt() -> Any:
+    """The real ``tensorrt`` module or a DeviceError naming how to get it."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: libnvinfer missing behind the wheel
+        raise DeviceError(
+            f"tensorrt is not importable here ({exc.__class__.__name__}); build engines on the device: "
+            "JetPack 6 ships it (`sudo apt install python3-libnvinfer`), then run "
+            "`edgekit build BUNDLE --target jetson --engine-only` there"
+        ) from None
+    return tensorrt
+
+
+def device_info(cudart: Any = None) -> dict[str, Any]:
+    """GPU name and compute capability of CUDA device 0 via cuda-python (cudaGetDeviceProperties).
+
+    Returns {"gpu": str, "compute_capability": "8.7"}; values are None when cuda-python is missing."""
+    if cudart is None:
+        try:
+            from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
+        except ImportError:
+            try:
+                from cuda import cudart  # older cuda-python layout
+            except ImportError:
+                return {"gpu": None, "compute_capability": None}
+    err, prop = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise DeviceError(f"cudaGetDeviceProperties failed ({err}); is the GPU visible (nvidia-smi / tegrastats)?")
+    name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+    return {"gpu": name, "compute_capability": f"{prop.major}.{prop.minor}"}
+
+
+def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file lets the parser resolve external data next to the model
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise BundleError(f"{onnx_path}: TensorRT cannot parse the model: {'; '.join(errors) or 'unknown error'}; "
+                          "report this with the bundle's manifest")
+    return parser
+
+
+def build_engine(spec: EngineSpec, trt: Any = None) -> dict[str, Any]:
+    """Parse ``spec.onnx_path``, configure the builder, serialize the engine and the timing cache.
+
+    Args:
+        trt: the tensorrt module (default: import it); tests pass a recording fake.
+    Returns: facts for the manifest (tensorrt_version, precision, flags, profile, workspace)."""
+    trt = trt or import_tensorrt()
+    if spec.precision not in ("fp32", "fp16", "int8"):
+        raise BundleError(f"TensorRT precision {spec.precision!r} unknown; use fp32, fp16 or int8")
+    if not (1 <= spec.batch_min <= spec.batch_opt <= spec.batch_max):
+        raise BundleError(f"batch profile {spec.batch_min}/{spec.batch_opt}/{spec.batch_max} must satisfy 1 <= min <= opt <= max")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    _parse(trt, network, logger, spec.onnx_path)
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if INPUT_NAME not in names:
+        raise BundleError(f"{spec.onnx_path}: network inputs {names} lack {INPUT_NAME!r}; rebuild the bundle")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mib << 20)
+    flags = []
+    if spec.precision == "fp16":
+        flags.append("FP16")
+    elif spec.precision == "int8":
+        flags.append("INT8")  # scales come from the Q/DQ nodes (explicit quantization)
+    for f in flags:
+        config.set_flag(getattr(trt.BuilderFlag, f))
+
+    cache_blob = b""
+    if spec.timing_cache_path is not None and spec.timing_cache_path.is_file():
+        cache_blob = spec.timing_cache_path.read_bytes()
+    cache = config.create_timing_cache(cache_blob)
+    # ignore_mismatch=False: a cache from another GPU/TensorRT is rejected rather than misused
+    config.set_timing_cache(cache, False)
+
+    s = spec.input_size
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, (spec.batch_min, s, s, 3), (spec.batch_opt, s, s, 3), (spec.batch_max, s, s, 3))
+    config.add_optimization_profile(profile)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BundleError(f"{spec.onnx_path}: TensorRT failed to build a {spec.precision} engine (see the TensorRT log "
+                          "above); try a smaller --workspace-mib or another precision")
+    spec.engine_path.write_bytes(bytes(serialized))
+    if spec.timing_cache_path is not None:
+        spec.timing_cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {
+        "tensorrt_version": str(trt.__version__), "precision": spec.precision, "builder_flags": flags,
+        "workspace_mib": spec.workspace_mib, "profile": {"input": INPUT_NAME, "batch": [spec.batch_min, spec.batch_opt, spec.batch_max]},
+        "source": spec.onnx_path.name, "machine": platform.machine(),
+    }
