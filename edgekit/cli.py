@@ -196,7 +196,7 @@ def simulate(config: str, parts: int | None, as_json: bool) -> None:
 @click.option("--bundle-only", is_flag=True, help="Only check the config and the bundle hashes.")
 @_handle_errors
 def doctor(config: str | None, as_json: bool, bundle_dir: str | None, bundle_only: bool) -> None:
-    """Check this station (or CONFIG.yaml's): one line per item with a fix; exit 1 on failures."""
+    """Check this station (CONFIG.yaml, default /etc/edgekit/config.yaml): a fix per failed item; exit 1 on failures."""
     import json
 
     from edgekit.doctor import doctor as run_doctor

@@ -31,6 +31,7 @@ from typing import Any
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 
+DEFAULT_CONFIG = Path("/etc/edgekit/config.yaml")  # what edgekit.service runs
 DEFAULT_STATE_DIR = Path("/var/lib/edgekit")
 DEFAULT_BUNDLE_DIR = DEFAULT_STATE_DIR / "bundles" / "current"
 DEFAULT_ARCHIVE_DIR = DEFAULT_STATE_DIR / "archive"
@@ -846,7 +847,10 @@ class Report:
 
 def doctor(config_path: str | None = None, bundle_dir: str | None = None, bundle_only: bool = False,
            probes: Probes | None = None) -> Report:
-    """Run the checklist for CONFIG (or the default Jetson station) and return the report."""
+    """Run the checklist for CONFIG (default: /etc/edgekit/config.yaml when it exists, else the
+    default Jetson station) and return the report."""
+    if config_path is None and Path(DEFAULT_CONFIG).is_file():
+        config_path = str(DEFAULT_CONFIG)
     params = params_from_config(config_path, bundle_dir)
     checks = (check_config, check_bundle) if bundle_only else CHECKS
     return Report(run_checks(params, probes, checks), params)
