@@ -569,8 +569,9 @@ def check_cuda(params: DoctorParams, probes: Probes) -> CheckResult:
     if evidence:
         return _ok(name, "; ".join(evidence))
     return _fail(name, "no CUDA device (/dev/nvhost-ctrl-gpu, /dev/nvidia*, nvidia-smi all absent)",
-                 "on a Jetson: flash JetPack 6 with SDK Manager and add the service user to the video group "
-                 f"({FIX_PROVISION}); elsewhere use backend onnxruntime on cpu", optional=not params.need_cuda)
+                 "on a Jetson: flash JetPack 6 (SDK Manager), then run firmware_scripts/provision.sh (puts the "
+                 "service user in the video group); elsewhere use backend onnxruntime with device cpu",
+                 optional=not params.need_cuda)
 
 
 def check_gstreamer(params: DoctorParams, probes: Probes) -> CheckResult:
