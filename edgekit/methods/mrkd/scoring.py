@@ -1,0 +1,7 @@
+"""MRKD scoring = the shared distillation scoring (``edgekit.methods.rd.scoring``): per-layer
+1 − cos maps, bilinear upsampling to the input size, sum, Gaussian smoothing (recipe
+``score.smoothing_sigma``), image score = max of the map."""
+
+from edgekit.methods.rd.scoring import DistillationScorer, cosine_distance_maps
+
+__all__ = ["DistillationScorer", "cosine_distance_maps"]
