@@ -342,6 +342,24 @@ class Probes:
             return 124, f"{argv[0]}: timed out after {timeout_s:g} s"
         return p.returncode, (p.stdout or "") + (p.stderr or "")
 
+    def user(self) -> tuple[str, int, list[str]]:
+        """(user name, uid, names of the groups this process has)."""
+        import grp
+        import pwd
+
+        uid = os.geteuid()
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        groups = []
+        for gid in sorted(set(os.getgroups()) | {os.getegid()}):
+            try:
+                groups.append(grp.getgrgid(gid).gr_name)
+            except KeyError:
+                groups.append(str(gid))
+        return name, uid, groups
+
     def disk_free_bytes(self, path: str) -> int:
         return shutil.disk_usage(path).free
 
@@ -448,6 +466,24 @@ def check_config(params: DoctorParams, probes: Probes) -> CheckResult:
     if params.config_error:
         return _fail(name, params.config_error.replace("\n", "; "), "fix the config (one line per problem above)")
     return _ok(name, f"{params.config_path} is valid")
+
+
+def check_user(params: DoctorParams, probes: Probes) -> CheckResult:
+    """Run as the service user: root passes every permission check the daemon would fail."""
+    name = "user"
+    user, uid, groups = probes.user()
+    if uid == 0:
+        return _fail(name, "running as root: device permissions are not being tested",
+                     "run as the service user: sudo -u edgekit /opt/edgekit/venv/bin/edgekit doctor ...",
+                     optional=True)
+    need = [g for g, used in (("gpio", params.need_gpio), ("video", params.camera_kind in ("v4l2", "gstreamer")))
+            if used]
+    missing = [g for g in need if g not in groups]
+    if missing:
+        return _fail(name, f"{user} is not in group(s) {', '.join(missing)} (has: {', '.join(groups)})",
+                     f"sudo usermod -aG {','.join(missing)} {user} (provision.sh does this for edgekit), "
+                     "then log in again / restart the service")
+    return _ok(name, f"{user} (groups: {', '.join(groups)})")
 
 
 def check_python(params: DoctorParams, probes: Probes) -> CheckResult:
@@ -774,7 +810,7 @@ def check_platform(params: DoctorParams, probes: Probes) -> CheckResult:
 
 
 CHECKS: tuple[Callable[[DoctorParams, Probes], CheckResult | list[CheckResult]], ...] = (
-    check_config, check_platform, check_python, check_extras, check_ort_providers, check_tensorrt,
+    check_config, check_platform, check_user, check_python, check_extras, check_ort_providers, check_tensorrt,
     check_cuda, check_gstreamer, check_camera, check_gpio, check_plc, check_disk, check_clock, check_bundle,
 )
 

@@ -49,6 +49,7 @@ class FakeProbes(d.Probes):
             ("/dev/gpiochip0", "PAC.06"): (144, "PAC.06", False, ""),
             ("/dev/gpiochip0", 43): (43, "PH.00", True, "other-daemon"),
         }
+        self.user_info: tuple[str, int, list[str]] = ("edgekit", 998, ["edgekit", "gpio", "video"])
         self.connect_error: OSError | None = None
         self.modbus_value: int | Exception = 7
         self.__dict__.update(kw)
@@ -86,6 +87,9 @@ class FakeProbes(d.Probes):
 
     def run(self, argv: Any, timeout_s: float) -> tuple[int, str]:
         return self.commands[argv[0]]
+
+    def user(self) -> tuple[str, int, list[str]]:
+        return self.user_info
 
     def disk_free_bytes(self, path: str) -> int:
         return self.free_bytes
@@ -208,6 +212,18 @@ def test_a_crashing_check_becomes_a_failed_line() -> None:
 
 
 # ----------------------------------------------------------------------------- individual checks
+def test_user_and_groups() -> None:
+    assert d.check_user(_station(), FakeProbes()).ok
+    r = d.check_user(_station(), FakeProbes(user_info=("edgekit", 998, ["edgekit", "video"])))
+    assert r.status == "fail" and "gpio" in r.detail and "usermod -aG gpio edgekit" in r.fix
+    r = d.check_user(_station(), FakeProbes(user_info=("root", 0, ["root"])))
+    assert r.status == "warn" and "sudo -u edgekit" in r.fix
+    # a replay station needs neither group
+    assert d.check_user(_station(gpio_chip=None, camera_kind="file"), FakeProbes(user_info=("ci", 1000, ["ci"]))).ok
+    name, uid, groups = d.Probes().user()  # real probe on this machine
+    assert isinstance(name, str) and uid >= 0 and groups
+
+
 def test_python_version() -> None:
     assert d.check_python(_station(), FakeProbes()).ok
     r = d.check_python(_station(), FakeProbes(version=(3, 8, 10)))

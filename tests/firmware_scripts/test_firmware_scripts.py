@@ -248,3 +248,21 @@ def test_pinmap_is_consistent() -> None:
     assert (nx[7]["line"], nx[7]["offset"]) == ("PAC.06", 144)
     agx = {p["pin"]: p for p in modules["agx-orin"]["pins"]}
     assert (agx[16]["line"], agx[16]["chip"], agx[16]["offset"]) == ("PBB.01", "tegra234-gpio-aon", 9)
+
+
+def test_docs_example_config_is_a_valid_run_config_on_the_suggested_pins() -> None:
+    """The config in docs/deploy-jetson.md validates with the daemon's loader, and its line offsets
+    are the pin map's suggested Orin Nano/NX pins."""
+    run = pytest.importorskip("edgekit.config.run")
+    text = (REPO / "docs" / "deploy-jetson.md").read_text()
+    (block,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    cfg = run.parse_run_config(yaml.safe_load(block), "docs/deploy-jetson.md")
+    pinmap = yaml.safe_load((SCRIPTS / "pinmap" / "jetson-orin-40pin.yaml").read_text())["modules"]["orin-nx"]
+    by_pin = {p["pin"]: p for p in pinmap["pins"]}
+    sug = {role: by_pin[pin]["offset"] for role, pin in pinmap["suggested"].items()}
+    (out,) = cfg.outputs
+    assert out.active_low is True
+    assert (out.lines.reject, out.lines.ready, out.lines.heartbeat) == (
+        sug["reject_out"], sug["ready_out"], sug["heartbeat_out"])
+    assert (cfg.encoder.line, cfg.encoder.direction_line) == (sug["encoder_a_in"], sug["encoder_b_in"])
+    assert cfg.bundle == "/var/lib/edgekit/bundles/current"  # what the unit's ExecStartPre verifies
