@@ -384,6 +384,14 @@ def test_bundle_hashes(tmp_path: Path) -> None:
     assert r.status == "fail"
 
 
+def test_real_gpio_probe_on_a_non_chip() -> None:
+    """The real libgpiod probe refuses a device that is not a gpiochip (no GPIO hardware needed)."""
+    pytest.importorskip("gpiod")
+    with pytest.raises(OSError, match="not a GPIO character device"):
+        d.Probes().gpio_chip_info("/dev/null")
+    assert all(p.startswith("/dev/gpiochip") for p in d.Probes().gpio_chips())
+
+
 def test_platform() -> None:
     assert "Orin Nano" in d.check_platform(_station(), FakeProbes()).detail
     assert d.check_platform(_station(), FakeProbes(files={})).status == "warn"
