@@ -183,6 +183,7 @@ def create_backbone(cfg: Any, layers: tuple[int, ...] | None = None) -> FeatureE
         # loaded weights replace every tensor: skip the (slow) random init on a meta skeleton
         with torch.device("meta"):
             body = timm.create_model(info["timm_name"], **kwargs)
+    _drop_unused_blocks(body)
     channels = list(body.feature_info.channels())
     strides = list(body.feature_info.reduction())
     want_c = [info["channels"][i] for i in layers]
@@ -196,6 +197,28 @@ def create_backbone(cfg: Any, layers: tuple[int, ...] | None = None) -> FeatureE
     if classifier is not None:
         _copy_into_features(cfg.name, classifier, body)
     return FeatureExtractor(cfg.name, body, layers, channels, strides, info["mean"], info["std"]).eval()
+
+
+def _drop_unused_blocks(body: nn.Module) -> None:
+    """Cut blocks after the deepest requested stage.
+
+    timm's ``EfficientNetFeatures`` runs (and exports) every block even when ``out_indices``
+    stops early; for lite0 with layers (1, 2, 3) that is 2.4 M dead parameters and the whole
+    stride-32 stage. Stage ``s`` is the output of ``blocks[s - 1]`` (stage 0 = stem), so
+    ``blocks[:max stage]`` keeps every returned map unchanged. ResNets (``FeatureListNet``)
+    already stop after the last returned layer.
+    """
+    stage_out = getattr(body, "_stage_out_idx", None)
+    blocks = getattr(body, "blocks", None)
+    if (
+        not stage_out
+        or not isinstance(blocks, nn.Sequential)
+        or getattr(body, "feature_hooks", 1) is not None
+    ):
+        return
+    last = max(stage_out)
+    if last < len(blocks):
+        body.blocks = blocks[:last]
 
 
 def _copy_into_features(name: str, classifier: nn.Module, body: nn.Module) -> None:

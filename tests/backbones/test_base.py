@@ -190,3 +190,19 @@ def test_half_precision_file_loads_as_float32_and_cache_stays_pristine(tmp_path,
         fx.body.conv1.weight.add_(1.0)
     fx2 = create_backbone(BackboneConfig(name="resnet18", weights=str(path)), (1,))
     assert torch.equal(fx2.body.conv1.weight, resnet_state["conv1.weight"].half().float())
+
+
+@pytest.mark.parametrize("name,layers", [("tf_efficientnet_lite0", (1, 2, 3)), ("efficientnet_b0", (0,))])
+def test_blocks_after_the_deepest_layer_are_dropped_without_changing_outputs(name, layers):
+    import timm
+
+    torch.manual_seed(0)
+    fx = create_backbone(BackboneConfig(name=name, weights="none"), layers)
+    full = timm.create_model(BACKBONES.info(name)["timm_name"], features_only=True, out_indices=layers)
+    assert sum(p.numel() for p in fx.parameters()) < sum(p.numel() for p in full.parameters())
+    full.load_state_dict(fx.body.state_dict(), strict=False)
+    full.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(fx(x), full(x), strict=True):
+            assert torch.equal(a, b)
