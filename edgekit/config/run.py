@@ -90,6 +90,13 @@ class HealthConfig(StrictModel):
     stall_s: float = Field(5.0, gt=0)  # no progress with parts pending → unhealthy, heartbeat stops
     camera_retry_initial_s: float = Field(0.2, gt=0)
     camera_retry_max_s: float = Field(10.0, gt=0)
+    shutdown_drain_s: float = Field(5.0, ge=0, le=600)  # encoder mode: wait for pending pulses
+
+
+class LineConfig(StrictModel):
+    # SCHED_FIFO priority of the line process (pulse timing); None = normal scheduling.
+    # Needs CAP_SYS_NICE; refused → a startup note, pulses still fire with normal priority.
+    rt_priority: int | None = Field(50, ge=1, le=99)
 
 
 class LogConfig(StrictModel):
@@ -112,6 +119,7 @@ class RunConfig(StrictModel):
     archive: ArchiveConfig = ArchiveConfig()
     metrics: MetricsConfig = MetricsConfig()
     health: HealthConfig = HealthConfig()
+    line: LineConfig = LineConfig()
     log: LogConfig = LogConfig()
     watch_bundle: bool = False  # reload when bundle/manifest.json changes (besides SIGHUP)
 

@@ -4,11 +4,15 @@ watchdogs and shutdown order. Nothing else in the runtime knows about threads or
 Threads:
   capture   camera.read() → admit (deadline registered) → frames queue (bounded)
   infer     preprocess → backend → score → decision (one part at a time, current bundle)
-  line      deadlines (fail-safe), pulse timeline (time/encoder targets), heartbeat
+  line      deadlines (fail-safe) and the "alive" beat to the line process
+  line-rx   pulses fired / output errors reported by the line process
   events    group commits to SQLite, then the "decision" log line (reported = durable)
   archive   reject-frame images under a disk quota (queue full: skipped, counted)
   metrics   Prometheus /metrics and /healthz on 127.0.0.1
-The main thread (``run_cli``) handles signals, sd_notify readiness/watchdog and SIGHUP reloads.
+The line process (``lineproc``) owns the output lines, the encoder-or-clock pulse timeline and
+the heartbeat, with its own GIL and real-time priority, so pulse timing does not depend on what
+this process is doing. The main thread (``run_cli``) handles signals, sd_notify readiness and
+watchdog and SIGHUP reloads.
 
 Every admitted part is decided exactly once: by its result, or by its deadline (fail-safe)."""
 
@@ -39,17 +43,18 @@ from edgekit.runtime.capture import CAMERAS, Camera
 from edgekit.runtime.decision import Band, Decider
 from edgekit.runtime.encoder import Encoder, make_encoder
 from edgekit.runtime.events import EventLog, decision_row
+from edgekit.runtime.lineproc import LineProcess
 from edgekit.runtime.logs import emit, setup_logging
 from edgekit.runtime.metrics import Metrics, MetricsServer
 from edgekit.runtime.outputs import OUTPUTS, Output
+from edgekit.runtime.outputs.gpio import FakeGpioChip
 from edgekit.runtime.preprocess import Preprocessor
-from edgekit.runtime.scheduler import Edge, PulseTimeline, RejectScheduler
+from edgekit.runtime.scheduler import RejectScheduler
 from edgekit.runtime.score import Scorer
 from edgekit.runtime.sdnotify import SdNotifier
 from edgekit.runtime.types import Decision, Frame
 
 _STOP = object()
-_SPIN_NS = 1_500_000  # the last 1.5 ms before an edge are slept in tiny steps (≤ 1 ms jitter)
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,8 @@ class Daemon:
     """
 
     def __init__(self, cfg: RunConfig, *, camera: Camera | None = None, backend: Backend | None = None,
-                 outputs: list[Output] | None = None, encoder: Encoder | None = None,
-                 on_decision: Any = None, logger: logging.Logger | None = None) -> None:
+                 encoder: Encoder | None = None, on_decision: Any = None,
+                 logger: logging.Logger | None = None) -> None:
         self.cfg = cfg
         self.log = logger or logging.getLogger("edgekit.runtime")
         self.metrics = Metrics()
@@ -131,10 +136,12 @@ class Daemon:
         self.encoder = encoder if encoder is not None else (make_encoder(cfg.encoder) if cfg.encoder else None)
         self.camera = camera or self._make_camera()
         self._backend_given = backend
-        self.outputs = outputs if outputs is not None else [OUTPUTS.get(o.type)(o) for o in cfg.outputs]
+        # output plug-ins are built here only to check names and capabilities; the line process
+        # builds its own instances from the same configs and drives them
+        self.output_specs: list[Output] = [OUTPUTS.get(o.type)(o) for o in cfg.outputs]
         s = cfg.scheduler
         self.scheduler = RejectScheduler(s.mode, s.distance_counts, s.delay_ms, s.pulse_ms, s.review_pulse_ms)
-        self.timeline = PulseTimeline(overlap=s.overlap)
+        self.line: LineProcess | None = None
         self.tracker = PartTracker()
         self.event_log = EventLog(cfg.events.path, cfg.events.synchronous, cfg.events.max_rows, cfg.events.max_age_days)
         self.archive = Archive(cfg.archive) if cfg.archive.enabled else None
@@ -201,23 +208,26 @@ class Daemon:
         if band.source == "config":
             self.notes.append(f"decision band overridden by config: accept_edge={band.accept_edge} "
                               f"reject_edge={band.reject_edge} (bundle: {self.pipeline.bundle.thresholds})")
-        for o in self.outputs:
-            if not type(o).can_pulse and self.cfg.scheduler.mode and "reject" in o.roles():
+        for o in self.output_specs:
+            if not type(o).can_pulse and "reject" in o.roles():
                 self.notes.append(f"output {o.name} cannot time pulses; the PLC times the reject from the result")
         self._check_capabilities()
-        self.event_log.open()
-        self.event_log.start_run(self.run_id, self.pipeline.bundle.bundle_id, self.cfg.model_dump(mode="json"), self.notes)
-        opened: list[Output] = []
+        self.line = LineProcess(self._line_spec(), self._on_line_message)
+        self.notes += self.line.start()
+        if self.encoder is not None:
+            # a simulated belt starts moving now, once the slow parts of start-up are done,
+            # and the line process gets the same origin
+            self.encoder.open()
+            t0 = getattr(self.encoder, "t0_ns", None)
+            if t0 is not None:
+                self.line.set_encoder_origin(t0)
         try:
-            for o in self.outputs:
-                o.open()
-                opened.append(o)
-            if self.encoder is not None:
-                self.encoder.open()
+            self.event_log.open()
+            self.event_log.start_run(self.run_id, self.pipeline.bundle.bundle_id, self.cfg.model_dump(mode="json"),
+                                     self.notes)
             self.camera.open()
         except BaseException:
-            for o in opened:
-                o.close()
+            self.line.stop(0.0)
             self.event_log.close()
             raise
         if self.archive is not None:
@@ -237,13 +247,45 @@ class Daemon:
              events=str(self.event_log.path), metrics_port=self.metrics_port, config=self.cfg.model_dump(mode="json"))
         self._last_progress_ns = time.monotonic_ns()
         self._spawn("events", self._events_loop)
+        self._spawn("line-rx", self.line.receive_loop)
         self._spawn("line", self._line_loop)
         self._spawn("infer", self._infer_loop)
         self._spawn("capture", self._capture_loop)
         self._started = True
 
+    def _line_spec(self) -> dict[str, Any]:
+        return {
+            "outputs": [o.model_dump(mode="json") for o in self.cfg.outputs],
+            "encoder": self.cfg.encoder.model_dump(mode="json") if self.cfg.encoder is not None else None,
+            "overlap": self.cfg.scheduler.overlap,
+            "heartbeat_period_ms": self.cfg.health.heartbeat_period_ms,
+            "alive_timeout_ms": max(3 * self.cfg.health.heartbeat_period_ms, 1000.0),
+            "rt_priority": self.cfg.line.rt_priority,
+        }
+
+    def _on_line_message(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "fired":
+            _, part_id, role, t_ns, count, late, merged = msg
+            with self._lock:
+                self._pulses[role] += 1
+                self._late_pulses += int(late)
+            self.metrics.pulses.labels(role).inc()
+            if late:
+                self.metrics.late_pulses.labels(role).inc()
+                emit(self.log, logging.WARNING, "late_pulse", part_id=part_id, role=role, count=count)
+        elif kind == "error":
+            self.metrics.output_errors.labels(msg[1]).inc()
+            emit(self.log, logging.ERROR, "output_error", output=msg[1], error=msg[2])
+        elif kind == "died":
+            # without the line process nothing can be rejected: stop (systemd restarts us)
+            self.fatal = DeviceError("line process died: outputs are down")
+            emit(self.log, logging.ERROR, "line_process_died")
+            self._stop_capture.set()
+            self._source_done.set()
+
     def _check_capabilities(self) -> None:
-        roles = set().union(*(o.roles() for o in self.outputs)) if self.outputs else set()
+        roles = set().union(*(o.roles() for o in self.output_specs)) if self.output_specs else set()
         if "reject" not in roles:
             self.notes.append("no output has a 'reject' line: rejects are logged only")
         if self.cfg.decision.review_as == "review" and "review" not in roles and "reject" in roles:
@@ -301,24 +343,19 @@ class Daemon:
         end = time.monotonic() + drain_timeout_s
         while len(self.tracker) and time.monotonic() < end:
             time.sleep(0.005)
-        # pulses for parts still travelling to the reject station
-        while time.monotonic() < end:
-            with self._line_cv:
-                busy = len(self.timeline) or any(self.timeline.active(r) for r in ("reject", "review"))
-            if not busy:
-                break
-            time.sleep(0.005)
+        # the line process fires the pulses of parts still travelling to the reject station,
+        # then drives every line inactive and returns what the fake chips recorded
         self._stop_line.set()
-        with self._line_cv:
-            self._line_cv.notify_all()
         t = self._threads.get("line")
         if t is not None:
             t.join(timeout=5.0)
-        for o in self.outputs:
-            try:
-                o.close()
-            except Exception as exc:
-                emit(self.log, logging.WARNING, "output_close_failed", output=o.name, error=repr(exc))
+        if self.line is not None:
+            self.line.stop(self._pulse_drain_s())
+            for chip, edges in self.line.edges.items():
+                FakeGpioChip.get(chip).add_edges(edges)
+            rx = self._threads.get("line-rx")
+            if rx is not None:
+                rx.join(timeout=5.0)
         if self.encoder is not None:
             self.encoder.close()
         self._events_q.put(_STOP)
@@ -459,93 +496,40 @@ class Daemon:
         except ValueError as exc:  # encoder mode and a frame without count: cannot place it
             emit(self.log, logging.ERROR, "unschedulable", part_id=d.part_id, error=str(exc))
             cmds = []
-        if cmds:
-            with self._line_cv:
-                for c in cmds:
-                    self.timeline.add(c)
-                self._line_cv.notify()
-        for o in self.outputs:
-            try:
-                o.publish(d)
-            except Exception as exc:  # a PLC hiccup must not stop the line thread
-                self.metrics.output_errors.labels(o.name).inc()
-                emit(self.log, logging.ERROR, "publish_failed", output=o.name, error=repr(exc))
+        if self.line is not None:
+            for c in cmds:
+                self.line.schedule(c)
+            self.line.publish(d)
         if self.archive is not None and (d.kind in self.cfg.archive.kinds or (d.failsafe and "failsafe" in self.cfg.archive.kinds)):
             if not self.archive.submit(d):
                 self.metrics.archive_skipped.inc()
         self._events_q.put(d)  # large bound; blocks rather than drop a decision
         self.metrics.queue_depth.labels("events").set(self._events_q.qsize())
 
-    def _drive(self, edges: list[Edge]) -> None:
-        for e in edges:
-            if e.active:
-                self._pulses[e.role] += 1
-                self.metrics.pulses.labels(e.role).inc()
-                c = e.command
-                if c is not None and ((c.at_ns is not None and e.t_ns - c.at_ns > 2_000_000) or
-                                      (c.at_count is not None and e.count is not None and e.count > c.at_count)):
-                    self._late_pulses += 1
-                    self.metrics.late_pulses.labels(e.role).inc()
-                if e.merged:
-                    continue
-            for o in self.outputs:
-                try:
-                    o.set_line(e.role, e.active)
-                except Exception as exc:
-                    self.metrics.output_errors.labels(o.name).inc()
-                    emit(self.log, logging.ERROR, "output_failed", output=o.name, role=e.role, error=repr(exc))
+    def _pulse_drain_s(self) -> float:
+        """How long shutdown waits for pulses of parts already on their way to the station."""
+        s = self.cfg.scheduler
+        if s.mode == "time":
+            return (s.delay_ms + max(s.pulse_ms, s.review_pulse_ms or 0.0)) / 1e3 + 0.5
+        return self.cfg.health.shutdown_drain_s
 
     def _line_loop(self) -> None:
-        hb_period_ns = int(self.cfg.health.heartbeat_period_ms * 1e6)
-        next_hb = time.monotonic_ns()
-        hb_state = False
-        enc = self.encoder
-        while True:
+        """Deadlines (fail-safe for late parts) and the alive beat that keeps the heartbeat going."""
+        period_s = self.cfg.health.heartbeat_period_ms / 1e3 / 2
+        next_alive = 0.0
+        while not self._stop_line.is_set():
             now = time.monotonic_ns()
             for f in self.tracker.expired(now):
                 self._decide_failsafe(f, "late")
-            count = enc.count() if enc is not None else None
-            with self._line_cv:
-                edges = self.timeline.due(now, count)
-            if edges:
-                self._drive(edges)
-            if now >= next_hb:
+            if time.monotonic() >= next_alive and self.line is not None:
                 healthy = self._healthy(now)
                 self.metrics.healthy.set(1 if healthy else 0)
-                if healthy:  # a stalled pipeline stops toggling so the PLC can stop the line
-                    hb_state = not hb_state
-                    self._drive([Edge("heartbeat", hb_state, now, None)])
-                next_hb = now + hb_period_ns
-            if self._stop_line.is_set():
-                with self._line_cv:
-                    rel = self.timeline.release_all(time.monotonic_ns())
-                self._drive(rel + [Edge("heartbeat", False, now, None)])
-                return
-            # next wake-up: earliest of edge targets, deadlines and the heartbeat
+                self.line.alive(healthy)
+                next_alive = time.monotonic() + period_s
+            dl = self.tracker.next_deadline()
+            wait_s = min(period_s, max(0.0, (dl - time.monotonic_ns()) / 1e9) if dl is not None else period_s)
             with self._line_cv:
-                wake = [next_hb]
-                t_next = self.timeline.next_time_ns()
-                if t_next is not None:
-                    wake.append(t_next)
-                ct = self.timeline.pending_count_target()
-                if ct is not None and enc is not None:
-                    tc = enc.time_of_count(ct)
-                    wake.append(tc if tc is not None else now + 500_000)
-                dl = self.tracker.next_deadline()
-                if dl is not None:
-                    wake.append(dl)
-                target = min(wake)
-                left = target - time.monotonic_ns()
-                if left > _SPIN_NS:
-                    self._line_cv.wait((left - _SPIN_NS) / 1e9)
-                    continue
-            if left > 0:
-                # fine approach: short sleeps, then yield until the target
-                while True:
-                    rem = target - time.monotonic_ns()
-                    if rem <= 0:
-                        break
-                    time.sleep(rem / 2e9 if rem > 200_000 else 0)
+                self._line_cv.wait(max(wait_s, 0.0005))
 
     def _healthy(self, now_ns: int) -> bool:
         stalled = len(self.tracker) > 0 and now_ns - self._last_progress_ns > self.cfg.health.stall_s * 1e9
@@ -718,7 +702,7 @@ def run_cli(config: str | Path, check: bool = False) -> None:
                           "resolved": cfg.model_dump(mode="json")}, indent=2))
         return
     log = setup_logging(cfg.log.format, cfg.log.level)
-    sys.setswitchinterval(0.0005)  # line thread must get the GIL within ≤ 0.5 ms for pulse timing
+    sys.setswitchinterval(0.0005)  # deadlines and the alive beat get the GIL quickly
     daemon = Daemon(cfg, logger=log)
     reload_flag = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())

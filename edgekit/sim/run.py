@@ -66,7 +66,7 @@ def simulate_config(cfg: RunConfig, logger: logging.Logger | None = None,
         sys.setswitchinterval(old_switch)
     if daemon.fatal is not None:
         raise DeviceError(f"simulation stopped: {daemon.fatal!r}")
-    fake = [o for o in daemon.outputs if isinstance(o, FakeGpioOutput)]
+    fake = [o for o in daemon.output_specs if isinstance(o, FakeGpioOutput)]
     if not fake or fake[0].cfg.lines.reject is None:
         raise ConfigError("simulate needs a fake_gpio output with a reject line (the checker reads its edges)")
     chip = FakeGpioChip.get(fake[0].cfg.chip)

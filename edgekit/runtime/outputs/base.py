@@ -1,15 +1,15 @@
 """Output contract: lines addressed by role (``reject``, ``review``, ``heartbeat``, ``ready``).
 
-``set_line(role, active)`` drives one line (the pulse timeline decides when), ``publish`` passes
-each decision to outputs that report per part (a PLC), ``close`` drives every line to its safe,
-inactive state. Capabilities (can it pulse, which roles) are declared and checked at startup."""
+``set_line(role, active)`` drives one line (the pulse timeline decides when), ``publish_dict``
+passes each decision (a plain dict: part_id, kind, score, failsafe, encoder_count, ...) to outputs
+that report per part (a PLC), ``close`` drives every line to its safe, inactive state. Outputs run
+in the daemon's line process, so they receive plain data, never frames. Capabilities (can it pulse, which roles) are declared and checked at startup."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 from edgekit.registry import Registry
-from edgekit.runtime.types import Decision
 
 OUTPUTS: Registry[type[Output]] = Registry(
     "output",
@@ -48,7 +48,7 @@ class Output:
     def set_line(self, role: str, active: bool) -> None:
         """Drive one line (no-op for roles this output does not have)."""
 
-    def publish(self, decision: Decision) -> None:
+    def publish_dict(self, decision: dict[str, Any]) -> None:
         """Report one decision (PLC registers); GPIO outputs ignore it."""
 
     def healthy(self) -> bool:

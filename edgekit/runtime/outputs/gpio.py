@@ -11,9 +11,12 @@ logical: with ``active_low`` the kernel inverts the physical level, so ACTIVE al
 from __future__ import annotations
 
 import errno
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -61,10 +64,14 @@ class EdgeRecord:
 
 
 class FakeGpioChip:
-    """In-memory GPIO chip with the libgpiod v2 request semantics that matter here: lines are
-    exclusive (a second request of a requested line fails with EBUSY, like the kernel), outputs
-    start at their ``output_value``, ``active_low`` inverts the physical level, and every change
-    is recorded as an ``EdgeRecord`` with ``time.monotonic_ns()``."""
+    """GPIO chip simulated in software with the libgpiod v2 request semantics that matter here:
+    lines are exclusive across processes (a second request of a held line fails with EBUSY, as
+    the kernel does; emulated with one ``flock`` per line, released when the holder exits or
+    releases), outputs start at their ``output_value``, ``active_low`` inverts the physical
+    level, and every change is recorded as an ``EdgeRecord`` with ``time.monotonic_ns()``.
+
+    Edges are recorded in the process that drives the line (the daemon's line process); it sends
+    them back on shutdown and ``add_edges`` merges them into this process's chip object."""
 
     _chips: dict[str, FakeGpioChip] = {}
     _chips_lock = threading.Lock()
@@ -75,6 +82,7 @@ class FakeGpioChip:
         self.edges: list[EdgeRecord] = []
         self.levels: dict[int, int] = {}
         self.owners: dict[int, str] = {}
+        self._locks: dict[int, Any] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -92,15 +100,35 @@ class FakeGpioChip:
             cls._chips[name] = FakeGpioChip(name)
             return cls._chips[name]
 
+    def _lock_path(self, offset: int) -> Path:
+        d = Path(tempfile.gettempdir()) / f"edgekit-fakegpio-{os.getuid()}"
+        d.mkdir(exist_ok=True)
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.name)
+        return d / f"{safe}.{offset}.lock"
+
     def request_lines(self, config: dict[int, dict[str, Any]], consumer: str) -> FakeLineRequest:
+        import fcntl
+
         with self._lock:
-            for off in config:
-                if not 0 <= off < self.num_lines:
-                    raise OSError(errno.EINVAL, f"line {off} out of range on {self.name}")
-                if off in self.owners:
-                    raise OSError(errno.EBUSY, f"line {off} on {self.name} is busy (held by {self.owners[off]})")
+            taken: dict[int, Any] = {}
+            try:
+                for off in config:
+                    if not 0 <= off < self.num_lines:
+                        raise OSError(errno.EINVAL, f"line {off} out of range on {self.name}")
+                    f = open(self._lock_path(off), "a+")  # noqa: SIM115 (held until release)
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        f.close()
+                        raise OSError(errno.EBUSY, f"line {off} on {self.name} is busy") from None
+                    taken[off] = f
+            except OSError:
+                for f in taken.values():
+                    f.close()
+                raise
             for off, s in config.items():
                 self.owners[off] = consumer
+                self._locks[off] = taken[off]
                 self._write(off, bool(s["output_value"]), bool(s["active_low"]))
         return FakeLineRequest(self, {o: bool(s["active_low"]) for o, s in config.items()})
 
@@ -114,6 +142,17 @@ class FakeGpioChip:
         with self._lock:
             for off in offsets:
                 self.owners.pop(off, None)
+                f = self._locks.pop(off, None)
+                if f is not None:
+                    f.close()  # closing the descriptor drops the flock
+
+    def add_edges(self, edges: list[EdgeRecord]) -> None:
+        """Merge edges recorded by another process (the line process) into this chip."""
+        with self._lock:
+            self.edges.extend(edges)
+            self.edges.sort(key=lambda e: e.t_ns)
+            for e in edges:
+                self.levels[e.offset] = e.level
 
     def edges_for(self, offset: int) -> list[EdgeRecord]:
         with self._lock:
@@ -205,6 +244,10 @@ class FakeGpioOutput(_GpioOutputBase):
     @property
     def chip(self) -> FakeGpioChip:
         return FakeGpioChip.get(self.cfg.chip)
+
+    def recorded_edges(self) -> list[EdgeRecord]:
+        """Every edge this process recorded on the chip (sent back to the daemon at shutdown)."""
+        return list(self.chip.edges)
 
     def _request(self) -> Any:
         cfg = {o: {"output_value": False, "active_low": self.cfg.active_low} for o in self._offsets.values()}

@@ -1,0 +1,342 @@
+"""The line process: output lines, pulse timing and the heartbeat in a process of their own.
+
+Why a process: pulse edges must land within a millisecond of their target. In one Python
+process the timing thread waits for the GIL behind preprocessing, inference glue and SQLite, and
+on a loaded CPU that wait is several milliseconds. A separate process has its own GIL, does
+almost nothing but wait for the next edge, and is given ``SCHED_FIFO`` priority when allowed
+(CAP_SYS_NICE; refused → logged, never silent). The daemon starts it (this module is part of the
+daemon's wiring, not a stage): it builds the outputs from their configs, runs the
+``PulseTimeline`` against the monotonic clock / encoder and reports every fired pulse back.
+
+Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), ("alive", bool),
+("set", role, bool), ("encoder_origin", t0_ns), ("stop", drain_timeout_s). Line process → parent: ("ready", notes),
+("open_error", message), ("fired", part_id, role, t_ns, count, late, merged), ("error", output,
+message), ("edges", {chip: [EdgeRecord...]}), ("closed", stats).
+
+Safety: the heartbeat toggles only while the parent reports ``alive`` with a healthy pipeline;
+if the parent dies (pipe closed) every line is driven inactive and the process exits; SIGINT /
+SIGTERM are ignored here so the parent can finish in-flight parts before the lines go down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from edgekit.errors import DeviceError, EdgekitError
+from edgekit.runtime.scheduler import Edge, PulseTimeline
+from edgekit.runtime.types import Decision, RejectCommand
+
+_SPIN_NS = 1_500_000  # the last 1.5 ms before an edge: short sleeps, then yield (≤ 1 ms jitter)
+_LATE_NS = 2_000_000
+
+
+def _build(spec: dict[str, Any]) -> tuple[list[Any], Any]:
+    from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig, make_encoder
+    from edgekit.runtime.outputs import OUTPUTS
+
+    outputs = []
+    for c in spec["outputs"]:
+        cls = OUTPUTS.get(c["type"])
+        outputs.append(cls(cls.config_model.model_validate(c)))
+    enc = None
+    if spec.get("encoder"):
+        e = spec["encoder"]
+        enc = make_encoder(SimEncoderConfig.model_validate(e) if e["type"] == "sim" else GpiodEncoderConfig.model_validate(e))
+    return outputs, enc
+
+
+def line_main(conn: Any, spec: dict[str, Any]) -> None:
+    """Body of the line process: open outputs, report ready, run the pulse loop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    notes: list[str] = []
+    try:
+        outputs, enc = _build(spec)
+        opened = []
+        for o in outputs:
+            o.open()
+            opened.append(o)
+        if enc is not None and spec["encoder"]["type"] != "sim":
+            enc.open()  # a simulated belt is opened when the parent sends its origin
+    except EdgekitError as exc:
+        for o in locals().get("opened", []):
+            o.close()
+        conn.send(("open_error", str(exc)))
+        return
+    prio = spec.get("rt_priority")
+    if prio:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(prio)))
+        except (PermissionError, OSError, AttributeError) as exc:
+            notes.append(f"line process not real-time (SCHED_FIFO {prio} refused: {exc}); pulse jitter may "
+                         "exceed 1 ms under load: grant CAP_SYS_NICE (systemd: AmbientCapabilities=CAP_SYS_NICE)")
+    conn.send(("ready", notes))
+    _LineLoop(conn, spec, outputs, enc).run()
+
+
+class _LineLoop:
+    def __init__(self, conn: Any, spec: dict[str, Any], outputs: list[Any], enc: Any) -> None:
+        self.conn = conn
+        self.outputs = outputs
+        self.enc = enc
+        self.timeline = PulseTimeline(overlap=spec["overlap"])
+        self.hb_period_ns = int(spec["heartbeat_period_ms"] * 1e6)
+        self.alive_timeout_ns = int(spec["alive_timeout_ms"] * 1e6)
+        self.last_alive_ns = time.monotonic_ns()
+        self.healthy = True
+        self.hb_state = False
+        self.next_hb = time.monotonic_ns()
+        self.stop_at: int | None = None
+        self.out_msgs: list[tuple[Any, ...]] = []
+        self.stats = {"pulses": 0, "late": 0, "errors": 0}
+        self.enc_ready = enc is not None and spec["encoder"]["type"] != "sim"
+
+    def drive(self, edges: list[Edge]) -> None:
+        for e in edges:
+            if e.active and e.command is not None:
+                c = e.command
+                late = (c.at_ns is not None and e.t_ns - c.at_ns > _LATE_NS) or \
+                    (c.at_count is not None and e.count is not None and e.count > c.at_count)
+                self.stats["pulses"] += 1
+                self.stats["late"] += int(late)
+                self.out_msgs.append(("fired", c.part_id, c.role, e.t_ns, e.count, late, e.merged))
+                if e.merged:
+                    continue
+            for o in self.outputs:
+                try:
+                    o.set_line(e.role, e.active)
+                except Exception as exc:  # one broken output must not stop the others
+                    self.stats["errors"] += 1
+                    self.out_msgs.append(("error", o.name, repr(exc)))
+
+    def handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "pulse":
+            self.timeline.add(msg[1])
+        elif kind == "publish":
+            for o in self.outputs:
+                try:
+                    o.publish_dict(msg[1])
+                except Exception as exc:
+                    self.stats["errors"] += 1
+                    self.out_msgs.append(("error", o.name, repr(exc)))
+        elif kind == "alive":
+            self.last_alive_ns = time.monotonic_ns()
+            self.healthy = bool(msg[1])
+        elif kind == "set":
+            self.drive([Edge(msg[1], bool(msg[2]), time.monotonic_ns(), None)])
+        elif kind == "encoder_origin":
+            self.enc.t0_ns = msg[1]  # the simulated belt of the parent's camera
+            self.enc_ready = True
+        elif kind == "stop":
+            self.stop_at = time.monotonic_ns() + int(msg[1] * 1e9)
+
+    def flush(self) -> None:
+        if self.out_msgs:
+            msgs, self.out_msgs = self.out_msgs, []
+            try:
+                self.conn.send(("batch", msgs))
+            except (BrokenPipeError, OSError):
+                pass
+
+    def run(self) -> None:
+        conn = self.conn
+        parent_gone = False
+        while True:
+            now = time.monotonic_ns()
+            count = self.enc.count() if self.enc_ready else None
+            edges = self.timeline.due(now, count)
+            if edges:
+                self.drive(edges)
+            if now >= self.next_hb:
+                ok = self.healthy and now - self.last_alive_ns < self.alive_timeout_ns
+                if ok:  # a stalled or dead pipeline stops the heartbeat: the PLC stops the line
+                    self.hb_state = not self.hb_state
+                    self.drive([Edge("heartbeat", self.hb_state, now, None)])
+                self.next_hb = now + self.hb_period_ns
+            self.flush()
+            busy = len(self.timeline) or any(self.timeline.active(r) for r in ("reject", "review"))
+            if parent_gone or (self.stop_at is not None and (not busy or now >= self.stop_at)):
+                break
+            wake = [self.next_hb]
+            t_next = self.timeline.next_time_ns()
+            if t_next is not None:
+                wake.append(t_next)
+            ct = self.timeline.pending_count_target()
+            if ct is not None and self.enc_ready:
+                tc = self.enc.time_of_count(ct)
+                wake.append(tc if tc is not None else now + 200_000)
+            target = min(wake)
+            left = target - time.monotonic_ns()
+            try:
+                if left > _SPIN_NS:
+                    if conn.poll((left - _SPIN_NS) / 1e9):
+                        while conn.poll(0):
+                            self.handle(conn.recv())
+                    continue
+                while conn.poll(0):  # do not let messages wait while we approach an edge
+                    self.handle(conn.recv())
+            except (EOFError, OSError):
+                parent_gone = True
+                continue
+            while True:
+                rem = target - time.monotonic_ns()
+                if rem <= 0:
+                    break
+                time.sleep(rem / 2e9 if rem > 200_000 else 0)
+        now = time.monotonic_ns()
+        self.drive(self.timeline.release_all(now) + [Edge("heartbeat", False, now, None)])
+        chips: dict[str, list[Any]] = {}
+        for o in self.outputs:
+            try:
+                o.close()
+            except Exception as exc:
+                self.out_msgs.append(("error", o.name, repr(exc)))
+            chip = getattr(o, "recorded_edges", None)
+            if chip is not None:
+                chips[o.cfg.chip] = chip()
+        if self.enc_ready:
+            self.enc.close()
+        self.flush()
+        if not parent_gone:
+            try:
+                conn.send(("edges", chips))
+                conn.send(("closed", self.stats))
+            except (BrokenPipeError, OSError):
+                pass
+
+
+def decision_message(d: Decision) -> dict[str, Any]:
+    """What outputs that report per part (a PLC) get for one decision (no image)."""
+    f = d.frame
+    return {"part_id": f.part_id, "kind": d.kind, "score": d.score, "failsafe": d.failsafe,
+            "encoder_count": f.encoder_count, "t_capture_ns": f.t_capture_ns, "source_id": f.source_id}
+
+
+class LineProcess:
+    """Parent-side handle of the line process.
+
+    Args:
+        spec: outputs (config dicts), encoder (config dict) and its ``encoder_t0_ns``, ``overlap``,
+            ``heartbeat_period_ms``, ``alive_timeout_ms``, ``rt_priority``.
+        on_message: called in the receiver thread for every ("fired"|"error", ...) message.
+    """
+
+    def __init__(self, spec: dict[str, Any], on_message: Callable[[tuple[Any, ...]], None]) -> None:
+        self.spec = spec
+        self.on_message = on_message
+        self._proc: Any = None
+        self._conn: Any = None
+        self._send_lock = threading.Lock()
+        self._rx: threading.Thread | None = None
+        self._closed = threading.Event()
+        self.edges: dict[str, list[Any]] = {}
+        self.stats: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.died = threading.Event()
+
+    def start(self, timeout_s: float = 60.0) -> list[str]:
+        """Start the process and wait until its outputs are open; DeviceError if they cannot be.
+
+        A plain ``python -m edgekit.runtime.lineproc FD`` child over a socketpair: unlike
+        multiprocessing's spawn it never re-imports the caller's ``__main__`` script, and unlike
+        fork it does not copy a process that already runs onnxruntime threads."""
+        a, b = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-m", "edgekit.runtime.lineproc", str(b.fileno())],
+                                          pass_fds=(b.fileno(),), close_fds=True)
+        finally:
+            b.close()
+        parent = Connection(a.detach())
+        self._conn = parent
+        parent.send(self.spec)
+        if not parent.poll(timeout_s):
+            self._proc.kill()
+            raise DeviceError(f"line process did not start within {timeout_s:.0f} s")
+        try:
+            msg = parent.recv()
+        except EOFError:
+            raise DeviceError("line process died while opening the outputs (see its stderr)") from None
+        if msg[0] == "open_error":
+            self._proc.wait(timeout=5)
+            raise DeviceError(msg[1])
+        self.notes = list(msg[1])
+        return self.notes
+
+    def receive_loop(self) -> None:
+        """Receiver (run in a daemon thread by the daemon): dispatches line-process messages."""
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                if not self._closed.is_set():
+                    self.died.set()
+                    self.on_message(("died",))
+                return
+            if msg[0] == "batch":
+                for m in msg[1]:
+                    self.on_message(m)
+            elif msg[0] == "edges":
+                self.edges = msg[1]
+            elif msg[0] == "closed":
+                self.stats = msg[1]
+                self._closed.set()
+                return
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            try:
+                self._conn.send(msg)
+            except (BrokenPipeError, OSError):
+                self.died.set()
+
+    def schedule(self, cmd: RejectCommand) -> None:
+        self._send(("pulse", cmd))
+
+    def publish(self, d: Decision) -> None:
+        self._send(("publish", decision_message(d)))
+
+    def set_encoder_origin(self, t0_ns: int) -> None:
+        """Share the simulated belt's origin (monotonic ns) with the line process."""
+        self._send(("encoder_origin", t0_ns))
+
+    def alive(self, healthy: bool) -> None:
+        self._send(("alive", healthy))
+
+    def set_line(self, role: str, active: bool) -> None:
+        self._send(("set", role, active))
+
+    def stop(self, drain_timeout_s: float) -> None:
+        """Fire what is pending (up to the timeout), drive lines inactive, collect the edges."""
+        if self._proc is None:
+            return
+        self._send(("stop", drain_timeout_s))
+        self._closed.wait(drain_timeout_s + 10.0)
+        try:
+            self._proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._conn.close()
+        self._proc = None
+
+
+def _child(fd: int) -> None:
+    conn = Connection(fd)
+    try:
+        spec = conn.recv()
+    except EOFError:
+        return
+    line_main(conn, spec)
+
+
+if __name__ == "__main__":
+    _child(int(sys.argv[1]))
