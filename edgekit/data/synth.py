@@ -236,9 +236,11 @@ class TileStyle:
         """Draw a tile style (base colour, speckle colours, mottling)."""
         base = _hsv_to_rgb(float(rng.uniform(0.02, 0.15)), float(rng.uniform(0.05, 0.45)), float(rng.uniform(0.55, 0.85)))
         speck = tuple(
-            tuple(float(c) for c in np.clip(base * rng.uniform(0.35, 1.3, 3), 0, 1)) for _ in range(3)
+            # mineral grains: darker or lighter than the glaze, only slightly off its hue
+            tuple(float(c) for c in np.clip(base * rng.uniform(0.35, 1.3) * (1 + rng.uniform(-0.08, 0.08, 3)), 0, 1))
+            for _ in range(4)
         )
-        return cls(tuple(float(c) for c in base), speck, float(rng.uniform(0.04, 0.09)), int(rng.integers(150, 400)))
+        return cls(tuple(float(c) for c in base), speck, float(rng.uniform(0.04, 0.09)), int(rng.integers(250, 600)))
 
 
 def _render_tiles(rng: np.random.Generator, size: int, style: TileStyle) -> tuple[np.ndarray, Geometry]:
@@ -256,10 +258,13 @@ def _render_tiles(rng: np.random.Generator, size: int, style: TileStyle) -> tupl
     for _ in range(n):
         c = style.speckle_rgb[int(rng.integers(len(style.speckle_rgb)))]
         cx, cy = int(rng.integers(w)), int(rng.integers(h))
-        r = int(rng.integers(0, 3))
-        cv2.circle(layer, (cx, cy), r, c, -1, lineType=cv2.LINE_AA)
-        cv2.circle(cover, (cx, cy), r, 1.0, -1, lineType=cv2.LINE_AA)
-    img = img * (1 - cover[..., None]) + layer * cover[..., None]
+        r = int(rng.integers(0, 4))
+        cv2.circle(layer, (cx, cy), r, c, -1, lineType=cv2.LINE_8)
+        cv2.circle(cover, (cx, cy), r, 1.0, -1, lineType=cv2.LINE_8)
+    # soften grain edges (fired glaze, not stamped dots); layer colours are kept where covered
+    soft = cv2.GaussianBlur(cover, (0, 0), 0.8)
+    layer = cv2.GaussianBlur(layer, (0, 0), 0.8) / np.maximum(soft, 1e-3)[..., None]
+    img = img * (1 - soft[..., None]) + layer * soft[..., None]
     y, x = _grid(h, w)
     hx, hy = rng.uniform(0.2, 0.8, 2) * size
     glaze = 0.06 * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / (2 * (0.35 * size) ** 2))
