@@ -557,3 +557,30 @@ def test_cli_verify_bundle(tmp_path: Path) -> None:
     (bundle / "model.onnx").write_bytes(b"x")
     result = CliRunner().invoke(main, ["verify-bundle", str(bundle)])
     assert result.exit_code == 2 and "sha256" in result.output and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- real hardware (skipped here)
+@pytest.mark.jetson
+def test_on_a_jetson_platform_and_cuda_pass() -> None:
+    probes = d.Probes()
+    assert d.check_platform(_station(), probes).ok
+    assert d.check_cuda(_station(), probes).ok
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_machine_cuda_device_is_found() -> None:
+    r = d.check_cuda(_station(), d.Probes())
+    assert r.ok, r.detail
+
+
+@pytest.mark.gpio
+def test_on_a_gpio_machine_the_first_chip_is_readable() -> None:
+    chip = d.Probes().gpio_chips()[0]
+    r = d.check_gpio(_station(gpio_chip=chip, gpio_lines=()), d.Probes())
+    assert r.ok, r.detail
+
+
+@pytest.mark.camera
+def test_on_a_camera_machine_video0_delivers_frames() -> None:
+    r = d.check_camera(_station(camera_fps=None, camera_measure_s=0.5), d.Probes())
+    assert r.ok and " frames in " in r.detail, r.detail
