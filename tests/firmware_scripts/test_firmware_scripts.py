@@ -134,7 +134,7 @@ def test_unit_commands_exist_in_the_cli() -> None:
     for key in ("Type=notify", "WatchdogSec=", "Restart=always", "NoNewPrivileges=yes", "ProtectSystem=strict",
                 "PrivateTmp=yes", "DevicePolicy=closed", "DeviceAllow=char-gpiochip rw",
                 "DeviceAllow=char-video4linux rw", "DeviceAllow=/dev/nvmap rw", "StateDirectory=edgekit",
-                "User=edgekit"):
+                "User=edgekit", "LimitRTPRIO=50"):
         assert key in text, key
     # systemd does not glob device paths: a '*' in a /dev path silently allows nothing
     assert not re.search(r"^DeviceAllow=/dev/\S*[*?]", text, flags=re.M)
