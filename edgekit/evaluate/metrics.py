@@ -425,7 +425,7 @@ def _at_or_above(counts: np.ndarray) -> np.ndarray:
 
 
 def pixel_auroc(
-    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, max_exact_pixels: int = 2_000_000,
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, max_exact_pixels: int = 100_000,
     n_thresholds: int = 4096,
 ) -> float | None:
     """Pixel-level AUROC over all pixels of all images (defect pixels = positives).
@@ -477,7 +477,7 @@ def _trapezoid(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> floa
 
 def pro_curve(
     masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, fpr_limit: float = 0.3,
-    max_exact_pixels: int = 2_000_000, n_thresholds: int = 4096,
+    max_exact_pixels: int = 100_000, n_thresholds: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-region-overlap curve (Bergmann et al., MVTec AD, IJCV 2021).
 

@@ -1,0 +1,100 @@
+"""The HTML report is one valid, self-contained file with embedded PNGs."""
+
+from __future__ import annotations
+
+import base64
+import re
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+
+from edgekit.errors import DataError
+from edgekit.evaluate.calibration import calibrate
+from edgekit.evaluate.metrics import EvalResult, ImageRecord
+from edgekit.evaluate.report import write_report
+
+pytest.importorskip("matplotlib")
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[str] = []
+        self.links: list[str] = []
+        self.stack: list[str] = []
+        self.unclosed = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag in ("link", "script") or (tag == "a" and a.get("href", "").startswith("http")):
+            self.links.append(tag)
+        if tag not in ("img", "meta", "br", "link"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+
+
+def _records(tmp_path, with_maps=True):
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(12):
+        label = int(i >= 7)
+        img = rng.integers(90, 160, (40, 40, 3), dtype=np.uint8)
+        mask = np.zeros((40, 40), bool)
+        amap = rng.random((40, 40)).astype(np.float32) * 0.3
+        if label:
+            mask[10:18, 12:20] = True
+            amap[mask] += 0.2 + 0.1 * i
+        p = tmp_path / f"img_{i}.png"
+        cv2.imwrite(str(p), img)
+        recs.append(ImageRecord(str(p), label, ["scratch", "dent"][i % 2] if label else "good", float(amap.max()),
+                                amap if with_maps else None, mask if with_maps else None))
+    return recs
+
+
+def _check_html(path):
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    p = _Collect()
+    p.feed(text)
+    p.close()
+    assert p.stack == ["html"] or p.stack == [], p.stack  # </html> closes everything opened
+    assert not p.links, "report must not load external assets"
+    assert not re.search(r"(src|href)=['\"](https?:|file:|/)", text), "no external or absolute references"
+    for src in p.imgs:
+        assert src.startswith("data:image/png;base64,")
+        raw = base64.b64decode(src.split(",", 1)[1])
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        assert cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) is not None
+    return text, p.imgs
+
+
+def test_report_is_valid_self_contained_html(tmp_path):
+    recs = _records(tmp_path)
+    good = [r.score for r in recs if r.label == 0]
+    bad = [r.score for r in recs if r.label == 1]
+    cal = calibrate(good, bad, method="coverage", margin=0.01)
+    res = EvalResult(recs, name="runs/demo", data=str(tmp_path), calibration=cal.to_dict(), info={"method": "cse"})
+    out = write_report(tmp_path / "sub" / "report.html", res)
+    text, imgs = _check_html(out)
+    # ROC, PR, histogram, per-type plot + 2 galleries (7 goods, 5 defects)
+    assert len(imgs) == 4 + 7 + 5
+    for needle in ("Image AUROC", "Coverage", "Review share", "PRO", "Per defect type", "scratch", "dent",
+                   "Worst false rejects", "Worst false accepts", "Calibration", "coverage"):
+        assert needle in text
+
+
+def test_report_without_maps_or_defects(tmp_path):
+    recs = [r for r in _records(tmp_path, with_maps=False) if r.label == 0]
+    out = write_report(tmp_path / "r.html", EvalResult(recs, name="goods only"))
+    text, imgs = _check_html(out)
+    assert "n/a" in text  # AUROC undefined without defects, shown as n/a instead of crashing
+    assert len(imgs) == 1 + 7  # histogram + good gallery (images without maps)
+    with pytest.raises(DataError, match="no evaluated images"):
+        write_report(tmp_path / "x.html", EvalResult([]))
