@@ -132,6 +132,13 @@ def _dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 
+def _resume_key(recipe: Recipe) -> str:
+    """What must match to resume: the recipe except the epoch count (resuming may extend it)."""
+    d = recipe.model_dump(mode="json")
+    d["train"].pop("epochs", None)
+    return yaml.safe_dump(d, sort_keys=True)
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device visible to torch; use --device cpu or install a CUDA build")
@@ -200,11 +207,16 @@ def train_run(
     run.mkdir(parents=True, exist_ok=True)
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ck.get("recipe") != _dump_recipe(recipe):
+        if ck.get("recipe_key") != _resume_key(recipe):
             raise ConfigError(f"{run}: checkpoint was trained with a different recipe/options; use a new --out or --no-resume")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        # more epochs than first planned: stretch the schedule to the new total
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR):
+            sched.total_steps = max(sched.total_steps, tr.epochs * steps_per_epoch)
+        elif isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = max(sched.T_max, tr.epochs * steps_per_epoch)
         start_epoch, best_val, bad_epochs = ck["epoch"], ck["best_val"], ck["bad_epochs"]
         history = json.loads(ck["history"])
         t_spent = ck.get("train_time_s", 0.0)
@@ -259,7 +271,7 @@ def train_run(
             {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "epoch": epoch + 1, "best_val": best_val, "bad_epochs": bad_epochs, "history": json.dumps(history),
-                "recipe": _dump_recipe(recipe), "torch_rng": torch.get_rng_state(), "train_time_s": t_spent,
+                "recipe_key": _resume_key(recipe), "torch_rng": torch.get_rng_state(), "train_time_s": t_spent,
             },
             ckpt_path,
         )

@@ -1,0 +1,73 @@
+"""Training driver: run directory contents, resume, recipe mismatch, data errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from edgekit.errors import BundleError, ConfigError, DataError
+from edgekit.train import load_run, train_run
+
+
+def test_run_dir_contents(tiny_run: Path) -> None:
+    for name in ("recipe.yaml", "run.json", "checkpoint.pt", "model.pt"):
+        assert (tiny_run / name).is_file(), name
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert info["method"] == "rd" and info["epochs_done"] == 1
+    assert info["preprocess"]["size"] == 64 and info["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert info["data"]["n_train_images"] + info["data"]["n_val_images"] == 24
+    cal = info["calibration"]
+    assert cal["accept_edge"] == cal["reject_edge"] == cal["threshold"] > 0
+    assert len(info["history"]) == 1 and info["history"][0]["val_loss"] is not None
+
+
+def test_resume_continues_from_checkpoint(tmp_path: Path, tiny_run: Path, tiny_dataset: Path,
+                                          tiny_recipe_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    train_run(tiny_recipe_file, tiny_dataset, run, epochs=2)
+    out = capsys.readouterr().out
+    assert "resuming" in out and "epoch 2/2:" in out and "epoch 1/2:" not in out
+    info = json.loads((run / "run.json").read_text())
+    assert [h["epoch"] for h in info["history"]] == [1, 2]
+
+
+def test_resume_refuses_other_recipe(tmp_path: Path, tiny_run: Path, tiny_dataset: Path, tiny_recipe_file: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    other = yaml.safe_load(tiny_recipe_file.read_text())
+    other["train"]["lr"] = 0.001
+    p = tmp_path / "other.yaml"
+    p.write_text(yaml.safe_dump(other))
+    with pytest.raises(ConfigError, match="different recipe"):
+        train_run(p, tiny_dataset, run, epochs=2, quiet=True)
+
+
+def test_missing_train_good(tmp_path: Path, tiny_recipe_file: Path) -> None:
+    (tmp_path / "d" / "test" / "good").mkdir(parents=True)
+    with pytest.raises(DataError, match="train/good"):
+        train_run(tiny_recipe_file, tmp_path / "d", tmp_path / "run", quiet=True)
+
+
+def test_load_run_errors(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="not found"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="no trained checkpoint"):
+        load_run(tmp_path / "empty")
+
+
+def test_loaded_model_matches_saved_weights(tiny_run: Path) -> None:
+    run = load_run(tiny_run)
+    saved = torch.load(tiny_run / "model.pt", weights_only=True)["model"]
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert not any(p.requires_grad for p in run.model.teacher.parameters())
