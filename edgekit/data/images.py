@@ -58,8 +58,12 @@ def _jpeg_problem(buf: np.ndarray) -> str | None:
     n = len(data)
     i = 2
     while i + 4 <= n:
-        if data[i] != 0xFF:
-            return "corrupt JPEG marker structure"
+        if data[i] != 0xFF:  # stray bytes between segments: libjpeg skips them with a warning
+            nxt = data.find(b"\xff", i)
+            if nxt < 0:
+                return "corrupt JPEG marker structure"
+            i = nxt
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1

@@ -168,9 +168,12 @@ def _render_fabric(rng: np.random.Generator, size: int, style: FabricStyle) -> t
     up, down = _WEAVES[style.weave]
     period = up + down
 
+    # weave phase of each pixel's cell, then a lookup for the cell and its 4 neighbours
+    phase = np.mod((i_f + style.diagonal * j_f).astype(np.int32), period)
+    lut = (np.arange(3 * period) % period) < up
+
     def warp_on_top(di: int, dj: int) -> np.ndarray:
-        gi, gj = i_f + di, j_f + dj
-        return np.mod(gi + style.diagonal * gj, period) < up
+        return lut[phase + (di + style.diagonal * dj + period)]
 
     top = warp_on_top(0, 0)
     top_prev, top_next = warp_on_top(0, -1), warp_on_top(0, 1)
@@ -203,12 +206,10 @@ def _render_fabric(rng: np.random.Generator, size: int, style: FabricStyle) -> t
     under = 0.55  # a yarn seen through a gap lies in the shadow of the one on top
     show_warp = np.where(top, in_warp, in_warp & ~in_weft)
     show_weft = np.where(top, ~in_warp & in_weft, in_weft)
-    warp_light = np.where(top, light_w, light_w * under)
-    weft_light = np.where(top, light_f * under, light_f)
-    img = np.empty((h, w, 3), np.float32)
-    img[:] = back_c
-    img = np.where(show_warp[..., None], warp_c * warp_light[..., None], img)
-    img = np.where(show_weft[..., None], weft_c * weft_light[..., None], img)
+    # show_warp and show_weft never overlap: one colour index and one brightness per pixel
+    sel = show_warp.astype(np.uint8) + 2 * show_weft.astype(np.uint8)
+    light = np.where(show_warp, np.where(top, light_w, light_w * under),
+                     np.where(show_weft, np.where(top, light_f * under, light_f), 1.0))
 
     # dye unevenness, lighting gradient + vignette, gain, colour cast, sensor noise
     dye = 1 + 0.03 * _smooth_noise(rng, h, w, 4, 4)
@@ -216,7 +217,8 @@ def _render_fabric(rng: np.random.Generator, size: int, style: FabricStyle) -> t
     r2 = (x * x + y * y) / (0.5 * size) ** 2
     lighting = (1 + gx * x / (w / 2) + gy * y / (h / 2)) * (1 - 0.08 * r2) * rng.uniform(0.92, 1.08)
     cast = (1 + rng.uniform(-0.03, 0.03, 3)).astype(np.float32)
-    img = img * (dye * lighting)[..., None] * cast
+    palette = np.stack([back_c, warp_c, weft_c]) * cast
+    img = palette[sel] * (light * dye * lighting).astype(np.float32)[..., None]
     img = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(1.2 / 255)
     return np.clip(img, 0, 1).astype(np.float32), Geometry(angle_deg, p)
 

@@ -228,3 +228,11 @@ def test_extensions_and_hidden_files() -> None:
     assert ".png" in IMAGE_EXTENSIONS and ".tiff" in IMAGE_EXTENSIONS and ".jpg" in IMAGE_EXTENSIONS
     assert is_image_file("a/B.PNG") and is_image_file("x.JpEg")
     assert not is_image_file("a/._b.png") and not is_image_file("notes.txt")
+
+
+def test_jpeg_with_stray_bytes_between_segments_still_reads(rgb: np.ndarray) -> None:
+    # some encoders pad between segments; libjpeg skips such bytes, so must the truncation check
+    ok, enc = cv2.imencode(".jpg", _bgr(rgb))
+    b = enc.tobytes()
+    pos = 4 + int.from_bytes(b[4:6], "big")  # end of the APP0 segment
+    assert decode_image_bytes(b[:pos] + b"\x00\x00\x00" + b[pos:]).shape == rgb.shape
