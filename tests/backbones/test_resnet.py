@@ -50,3 +50,22 @@ def test_hub_weights_come_from_the_local_cache(offline, tmp_path):
     torch.save(state, ckpt)
     fx = create_backbone(BackboneConfig(name="resnet18", weights="auto"), (1,))
     assert torch.equal(fx.body.state_dict()["conv1.weight"], state["conv1.weight"])
+
+
+def test_hub_download_failure_when_online_gives_the_same_line(offline, monkeypatch):
+    # reachable host but the download itself fails (proxy, 404, full disk): same two remedies
+    import timm
+
+    real = timm.create_model
+
+    def failing(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("simulated: connection reset while downloading")
+        return real(name, pretrained=pretrained, **kw)
+
+    monkeypatch.setattr(base, "_hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(timm, "create_model", failing)
+    with pytest.raises(
+        ConfigError, match=r"^backbone resnet18: pretrained weights unavailable offline; pass --weights FILE"
+    ):
+        create_backbone(BackboneConfig(name="resnet18", weights="auto"), (1,))
