@@ -5,7 +5,7 @@ several "categories").
 Kinds:
 
 - ``fabric``: woven cloth rendered analytically per pixel: warp (vertical) and weft (horizontal)
-  yarns on a pitch of ~8–12 px at 256², interlaced in a plain or twill weave chosen by the
+  yarns on a pitch of ~8–12 px at 256² (scaled with the image, at least 5 px), interlaced in a plain or twill weave chosen by the
   dataset seed, each yarn with its own thickness (slowly varying along its length), brightness
   and waviness, cylindrical cross-section shading, darker where it dives under a crossing yarn,
   twist striations and fibre noise stretched along the yarn; per image a slight rotation
@@ -131,7 +131,9 @@ def _render_fabric(rng: np.random.Generator, size: int, style: FabricStyle) -> t
     """Render one fabric image: (size, size, 3) float32 RGB in [0, 1] and its geometry."""
     h = w = size
     scale = size / 256.0
-    p = style.pitch_px * scale * float(rng.uniform(0.97, 1.03))
+    # the cloth scales with the image (same field of view), but a yarn never gets thinner than
+    # 5 px: below that small test images would alias into noise
+    p = max(5.0, style.pitch_px * scale) * float(rng.uniform(0.97, 1.03))
     angle_deg = float(rng.uniform(-3.0, 3.0))
     a = math.radians(angle_deg)
     y, x = _grid(h, w)
