@@ -73,14 +73,14 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted((p for p in d.iterdir() if p.is_file() and is_image_file(p)), key=lambda p: p.name)
 
 
-def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
-    gt = root / "ground_truth" / defect
-    for name in (f"{stem}_mask", stem):
-        for ext in IMAGE_EXTENSIONS:
-            for cand in (gt / f"{name}{ext}", gt / f"{name}{ext.upper()}"):
-                if cand.is_file():
-                    return cand
-    return None
+def _find_mask(masks: dict[str, Path], stem: str) -> Path | None:
+    """The mask for image ``stem``: ``<stem>_mask.<ext>`` first, then ``<stem>.<ext>``."""
+    return masks.get(f"{stem}_mask") or masks.get(stem)
+
+
+def _mask_files(root: Path, defect: str) -> dict[str, Path]:
+    """Stem → mask file in ``ground_truth/<defect>/`` (one listing per folder, not a stat per image)."""
+    return {p.stem: p for p in reversed(list_images(root / "ground_truth" / defect))}
 
 
 def scan_dataset(data_dir: str | os.PathLike[str], require_test: bool = False) -> DatasetIndex:
@@ -126,7 +126,8 @@ def scan_dataset(data_dir: str | os.PathLike[str], require_test: bool = False) -
             if not images:
                 continue
             defect_types.append(d.name)
-            test.extend(Sample(p, 1, d.name, _find_mask(root, d.name, p.stem)) for p in images)
+            masks = _mask_files(root, d.name)
+            test.extend(Sample(p, 1, d.name, _find_mask(masks, p.stem)) for p in images)
     return DatasetIndex(root=root, train_good=train_good, test=test, defect_types=defect_types)
 
 
