@@ -18,6 +18,8 @@ from edgekit.runtime.backends.ort import OrtBackendConfig
 from edgekit.runtime.capture.files import FolderCameraConfig, VideoCameraConfig
 from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig
 from edgekit.runtime.outputs.gpio import FakeGpioOutputConfig, GpiodOutputConfig
+from edgekit.runtime.outputs.jetson import JetsonGpioOutputConfig
+from edgekit.runtime.outputs.modbus import ModbusOutputConfig
 from edgekit.sim.camera import SimCameraConfig
 
 SourceConfig = Annotated[
@@ -26,7 +28,7 @@ SourceConfig = Annotated[
 ]
 BackendConfig = OrtBackendConfig
 OutputConfig = Annotated[
-    FakeGpioOutputConfig | GpiodOutputConfig,
+    FakeGpioOutputConfig | GpiodOutputConfig | JetsonGpioOutputConfig | ModbusOutputConfig,
     Field(discriminator="type"),
 ]
 EncoderConfig = Annotated[SimEncoderConfig | GpiodEncoderConfig, Field(discriminator="type")]

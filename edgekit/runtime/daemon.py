@@ -161,6 +161,7 @@ class Daemon:
         self._failsafe: Counter[str] = Counter()
         self._stage_s: dict[str, deque[float]] = {}
         self._pulses: Counter[str] = Counter()
+        self._output_errors: Counter[str] = Counter()
         self._late_pulses = 0
         self._frames = 0
         self._frames_missed = 0
@@ -251,6 +252,7 @@ class Daemon:
         self._spawn("line", self._line_loop)
         self._spawn("infer", self._infer_loop)
         self._spawn("capture", self._capture_loop)
+        self.line.set_line("ready", True)
         self._started = True
 
     def _line_spec(self) -> dict[str, Any]:
@@ -276,6 +278,8 @@ class Daemon:
                 emit(self.log, logging.WARNING, "late_pulse", part_id=part_id, role=role, count=count)
         elif kind == "error":
             self.metrics.output_errors.labels(msg[1]).inc()
+            with self._lock:
+                self._output_errors[msg[1]] += 1
             emit(self.log, logging.ERROR, "output_error", output=msg[1], error=msg[2])
         elif kind == "died":
             # without the line process nothing can be rejected: stop (systemd restarts us)
@@ -629,6 +633,7 @@ class Daemon:
                 "late_pulses": self._late_pulses,
                 "frames_missed": self._frames_missed,
                 "camera_reconnects": self._reconnects,
+                "output_errors": dict(self._output_errors),
                 "events_committed": self._committed,
                 "latency": lat,
                 "log_path": str(self.event_log.path),

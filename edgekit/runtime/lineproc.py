@@ -140,6 +140,10 @@ class _LineLoop:
             self.stop_at = time.monotonic_ns() + int(msg[1] * 1e9)
 
     def flush(self) -> None:
+        for o in self.outputs:
+            for err in o.pop_errors():
+                self.stats["errors"] += 1
+                self.out_msgs.append(("error", o.name, err))
         if self.out_msgs:
             msgs, self.out_msgs = self.out_msgs, []
             try:
@@ -218,7 +222,8 @@ def decision_message(d: Decision) -> dict[str, Any]:
     """What outputs that report per part (a PLC) get for one decision (no image)."""
     f = d.frame
     return {"part_id": f.part_id, "kind": d.kind, "score": d.score, "failsafe": d.failsafe,
-            "encoder_count": f.encoder_count, "t_capture_ns": f.t_capture_ns, "source_id": f.source_id}
+            "encoder_count": f.encoder_count, "t_capture_ns": f.t_capture_ns, "t_decided_ns": d.t_decided_ns,
+            "source_id": f.source_id}
 
 
 class LineProcess:

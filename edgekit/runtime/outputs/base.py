@@ -54,5 +54,9 @@ class Output:
     def healthy(self) -> bool:
         return True
 
+    def pop_errors(self) -> list[str]:
+        """Errors found by the output's own worker since the last call (reported as metrics)."""
+        return []
+
     def close(self) -> None:
         """Drive every line inactive and release the hardware; safe to call twice."""

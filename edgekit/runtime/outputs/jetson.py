@@ -1,0 +1,89 @@
+"""GPIO output through NVIDIA's Jetson.GPIO (RPi.GPIO-style API), the alternative to libgpiod on
+JetPack images where users already address pins by header number.
+
+API used: ``GPIO.setmode(GPIO.BOARD | GPIO.BCM)``, ``GPIO.setup(pin, GPIO.OUT, initial=...)``,
+``GPIO.output(pin, GPIO.HIGH | GPIO.LOW)``, ``GPIO.cleanup(pins)``. Jetson.GPIO has no
+active-low setting, so the inversion is done here: ``active`` always means "reject now"."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgekit.config.base import StrictModel
+from edgekit.errors import DeviceError
+from edgekit.runtime.outputs.base import OUTPUTS, Output
+
+
+class JetsonPins(StrictModel):
+    """Header pins by role (numbering per ``mode``); a role left out is not driven."""
+
+    reject: int | None = Field(None, ge=1)
+    review: int | None = Field(None, ge=1)
+    heartbeat: int | None = Field(None, ge=1)
+    ready: int | None = Field(None, ge=1)
+
+
+class JetsonGpioOutputConfig(StrictModel):
+    type: Literal["jetson_gpio"] = "jetson_gpio"
+    name: str = "jetson_gpio"
+    mode: Literal["BOARD", "BCM"] = "BOARD"
+    pins: JetsonPins
+    active_low: bool = False
+
+
+@OUTPUTS.register("jetson_gpio", can_pulse=True)
+class JetsonGpioOutput(Output):
+    """Drives header pins with Jetson.GPIO."""
+
+    config_model = JetsonGpioOutputConfig
+
+    def __init__(self, cfg: JetsonGpioOutputConfig) -> None:
+        super().__init__(cfg)
+        self._pins = {r: p for r, p in cfg.pins.model_dump().items() if p is not None}
+        self._gpio: Any = None
+        self._lock = threading.Lock()
+
+    def roles(self) -> set[str]:
+        return set(self._pins)
+
+    def _level(self, active: bool) -> Any:
+        g = self._gpio
+        return g.HIGH if active != self.cfg.active_low else g.LOW
+
+    def open(self) -> None:
+        try:
+            import Jetson.GPIO as GPIO  # noqa: N814 (the package's documented alias)
+        except ImportError:
+            raise DeviceError("the jetson_gpio output needs Jetson.GPIO (pip install Jetson.GPIO; JetPack ships it)") from None
+        except RuntimeError as exc:  # raised on non-Jetson boards
+            raise DeviceError(f"Jetson.GPIO cannot run here ({exc}); use the gpiod output instead") from None
+        self._gpio = GPIO
+        GPIO.setwarnings(False)
+        GPIO.setmode(GPIO.BOARD if self.cfg.mode == "BOARD" else GPIO.BCM)
+        try:
+            for pin in self._pins.values():
+                GPIO.setup(pin, GPIO.OUT, initial=self._level(False))
+        except (ValueError, RuntimeError) as exc:
+            raise DeviceError(f"outputs.{self.name}: cannot set up pins {sorted(self._pins.values())} ({exc}); "
+                              "check the pin numbers for the selected mode") from None
+
+    def set_line(self, role: str, active: bool) -> None:
+        pin = self._pins.get(role)
+        if pin is None or self._gpio is None:
+            return
+        with self._lock:
+            self._gpio.output(pin, self._level(active))
+
+    def close(self) -> None:
+        g, self._gpio = self._gpio, None
+        if g is None:
+            return
+        for pin in self._pins.values():
+            try:
+                g.output(pin, g.HIGH if self.cfg.active_low else g.LOW)
+            except (ValueError, RuntimeError):
+                self.errors += 1
+        g.cleanup(list(self._pins.values()))

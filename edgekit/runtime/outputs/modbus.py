@@ -1,0 +1,320 @@
+"""Modbus TCP output to a PLC (pymodbus 3.x sync client), implementing the register map and
+handshake of ``docs/plc.md`` (map version 1):
+
+block A (edgekit → PLC, holding registers ``base_address`` + 0..15): HEARTBEAT, STATUS bits
+(READY, FAULT, REVIEW_ENABLED, ARCHIVE_FULL, ACK_TIMEOUT), RESULT_SEQ, PART_ID (u32), DECISION,
+SCORE (f32), SCORE_PERMILLE, LATENCY_MS, ENCODER_COUNT (u32), FAULT_CODE, REJECT_COUNT,
+PART_COUNT, MAP_VERSION — 32-bit values high word first. Block B (PLC → edgekit, + 16..23):
+PLC_HEARTBEAT, ACK_SEQ, CMD (ENABLE, RESET_FAULT), PLC_PART_ID (u32).
+
+A result is one FC16 write of block A; a heartbeat tick writes offsets 0–1; block B is read
+(FC03, 8 registers) after each write. Optional coils (``reject_coil``, ``heartbeat_coil``) mirror
+the lines for PLCs that want them. All network I/O runs in this output's own worker thread
+behind a small queue, so a slow or absent PLC never delays a GPIO pulse; a lost connection is
+retried with exponential backoff and the current state is rewritten after reconnecting."""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import queue
+import struct
+import threading
+import time
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgekit.config.base import StrictModel
+from edgekit.errors import DeviceError
+from edgekit.runtime.outputs.base import OUTPUTS, Output
+
+MAP_VERSION = 1
+BLOCK_A = 16
+BLOCK_B_OFFSET = 16
+BLOCK_B = 8
+# STATUS bits
+READY, FAULT, REVIEW_ENABLED, ARCHIVE_FULL, ACK_TIMEOUT = 1, 2, 4, 8, 16
+# CMD bits
+CMD_ENABLE, CMD_RESET_FAULT = 1, 2
+DECISION_CODES = {"accept": 1, "reject": 2, "review": 3}
+FAILSAFE_CODE = 4
+# failsafe reason → FAULT_CODE (docs/plc.md)
+FAULT_CODES = {"camera_down": 1, "missing_frame": 1, "backend_error": 2, "nan": 2, "late": 3, "overload": 3}
+
+
+class ModbusOutputConfig(StrictModel):
+    type: Literal["modbus"] = "modbus"
+    name: str = "plc"
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=255)
+    base_address: int = Field(0, ge=0, le=65535 - BLOCK_A - BLOCK_B)
+    ack_timeout_ms: float = Field(200.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0, le=30)
+    retry_initial_s: float = Field(0.2, gt=0)
+    retry_max_s: float = Field(5.0, gt=0)
+    reject_edge: float | None = None  # for SCORE_PERMILLE; None: permille of 1.0
+    review_enabled: bool = False  # STATUS.REVIEW_ENABLED (the band has a review zone)
+    reject_coil: int | None = Field(None, ge=0)  # optional coil mirroring the reject line
+    heartbeat_coil: int | None = Field(None, ge=0)
+    plc_heartbeat_fault: bool = False  # set FAULT when PLC_HEARTBEAT stops changing
+    required: bool = False  # refuse to start when the PLC is unreachable (else keep retrying)
+
+
+def _u32(v: int) -> list[int]:
+    v = int(v) & 0xFFFFFFFF
+    return [v >> 16, v & 0xFFFF]
+
+
+def _f32(v: float) -> list[int]:
+    hi, lo = struct.unpack(">HH", struct.pack(">f", float(v)))
+    return [hi, lo]
+
+
+def _clip16(v: float) -> int:
+    return int(min(65535, max(0, round(v))))
+
+
+@OUTPUTS.register("modbus", can_pulse=False)
+class ModbusOutput(Output):
+    """PLC over Modbus TCP (client; the PLC is the server)."""
+
+    config_model = ModbusOutputConfig
+    can_pulse = False  # the PLC times its own actuator from the result; GPIO carries the pulse
+
+    def __init__(self, cfg: ModbusOutputConfig) -> None:
+        super().__init__(cfg)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=256)
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._unit_kw = "device_id"
+        self._connected = False
+        self._stop = threading.Event()
+        self._errors: collections.deque[str] = collections.deque(maxlen=100)
+        self._lock = threading.Lock()
+        # block A state
+        self.heartbeat = 0
+        self.status = REVIEW_ENABLED if cfg.review_enabled else 0
+        self.result_seq = 0
+        self.fault_code = 0
+        self.reject_count = 0
+        self.part_count = 0
+        self.result: list[int] = [0] * 9  # offsets 3..11
+        # block B state
+        self.plc_heartbeat: int | None = None
+        self.plc_heartbeat_changed_ns = time.monotonic_ns()
+        self.ack_seq = 0
+        self.cmd = 0
+        self.plc_part_id = 0
+        self._pending_ack: tuple[int, int] | None = None  # (seq, deadline_ns)
+        self.reconnects = 0
+        self.acks_missed = 0
+
+    def roles(self) -> set[str]:
+        roles = {"heartbeat", "ready"}
+        if self.cfg.reject_coil is not None:
+            roles.add("reject")
+        return roles
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        try:
+            from pymodbus.client import ModbusTcpClient
+        except ImportError:
+            raise DeviceError("the modbus output needs pymodbus 3.x: pip install 'edgekit[plc]' (pymodbus>=3.6,<4)") from None
+        self._client = ModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self.cfg.timeout_s, retries=0)
+        # pymodbus renamed the unit keyword: slave= (3.6-3.8) → device_id= (3.9+)
+        params = inspect.signature(self._client.write_registers).parameters
+        self._unit_kw = "device_id" if "device_id" in params else "slave"
+        if not self._connect():
+            if self.cfg.required:
+                raise DeviceError(f"outputs.{self.name}: PLC {self.cfg.host}:{self.cfg.port} unreachable; check the "
+                                  "address and cable, or set required: false to start and keep retrying")
+            self.errors += 1
+            self._errors.append(f"PLC {self.cfg.host}:{self.cfg.port} unreachable at start; retrying with backoff")
+        self._thread = threading.Thread(target=self._loop, name=f"modbus-{self.name}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            with self._lock:
+                self.status &= ~READY
+            self._put(("write_a",), force=True)
+            self._q.put(None)
+            self._thread.join(timeout=self.cfg.timeout_s * 3 + 1)
+            self._thread = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def healthy(self) -> bool:
+        return self._connected
+
+    def pop_errors(self) -> list[str]:
+        out = list(self._errors)
+        self._errors.clear()
+        return out
+
+    # ------------------------------------------------------------------ line interface
+    def _put(self, item: Any, force: bool = False) -> None:
+        try:
+            self._q.put_nowait(item)
+        except queue.Full:
+            if force:
+                self._q.put(item)
+            else:
+                self.errors += 1
+                self._errors.append("queue full: PLC too slow, update dropped")
+
+    def set_line(self, role: str, active: bool) -> None:
+        if role == "heartbeat":
+            with self._lock:
+                self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+            self._put(("heartbeat", active))
+        elif role == "ready":
+            with self._lock:
+                self.status = (self.status | READY) if active else (self.status & ~READY)
+            self._put(("write_a",))
+        elif role == "reject" and self.cfg.reject_coil is not None:
+            self._put(("coil", self.cfg.reject_coil, active))
+
+    def publish_dict(self, d: dict[str, Any]) -> None:
+        with self._lock:
+            self.result_seq = self.result_seq % 65535 + 1  # wraps 65535 → 1 (0 = no result yet)
+            kind = d["kind"]
+            code = FAILSAFE_CODE if (d.get("failsafe") and kind == "reject") else DECISION_CODES.get(kind, 0)
+            score = d.get("score")
+            score = float(score) if score is not None and score == score else 0.0
+            edge = self.cfg.reject_edge or 1.0
+            latency_ms = (d.get("t_decided_ns", time.monotonic_ns()) - d.get("t_capture_ns", time.monotonic_ns())) / 1e6
+            part_id = self.plc_part_id or d["part_id"]
+            self.result = [*_u32(part_id), code, *_f32(score), _clip16(score / edge * 1000),
+                           _clip16(latency_ms), *_u32(d.get("encoder_count") or 0)]
+            self.part_count = (self.part_count + 1) & 0xFFFF
+            if kind == "reject":
+                self.reject_count = (self.reject_count + 1) & 0xFFFF
+            if d.get("failsafe") in FAULT_CODES:
+                self.fault_code = FAULT_CODES[d["failsafe"]]
+                self.status |= FAULT
+            self._pending_ack = (self.result_seq, time.monotonic_ns() + int(self.cfg.ack_timeout_ms * 1e6))
+        self._put(("result",))
+
+    # ------------------------------------------------------------------ worker
+    def block_a(self) -> list[int]:
+        """The 16 registers of block A in address order."""
+        with self._lock:
+            return [self.heartbeat, self.status, self.result_seq, *self.result, self.fault_code,
+                    self.reject_count, self.part_count, MAP_VERSION]
+
+    def _connect(self) -> bool:
+        try:
+            ok = bool(self._client.connect())
+        except Exception:  # pymodbus raises assorted errors for refused/unreachable hosts
+            ok = False
+        if ok and not self._connected:
+            self._connected = True
+            return True
+        self._connected = ok
+        return ok
+
+    def _call(self, fn: str, *args: Any, **kw: Any) -> Any:
+        rr = getattr(self._client, fn)(*args, **{self._unit_kw: self.cfg.unit}, **kw)
+        if rr.isError():
+            raise ConnectionError(f"{fn} refused by the PLC: {rr}")
+        return rr
+
+    def _write_a(self, heartbeat_only: bool = False) -> None:
+        regs = self.block_a()
+        if heartbeat_only:
+            self._call("write_registers", self.cfg.base_address, regs[:2])
+        else:
+            self._call("write_registers", self.cfg.base_address, regs)
+
+    def _read_b(self) -> None:
+        """Read block B; rewrite HEARTBEAT/STATUS when a status bit changed because of it."""
+        status_before = self.status
+        rr = self._call("read_holding_registers", self.cfg.base_address + BLOCK_B_OFFSET, count=BLOCK_B)
+        regs = list(rr.registers)
+        now = time.monotonic_ns()
+        with self._lock:
+            if regs[0] != self.plc_heartbeat:
+                self.plc_heartbeat = regs[0]
+                self.plc_heartbeat_changed_ns = now
+            self.ack_seq = regs[1]
+            reset = bool(regs[2] & CMD_RESET_FAULT) and not (self.cmd & CMD_RESET_FAULT)
+            self.cmd = regs[2]
+            self.plc_part_id = (regs[3] << 16) | regs[4]
+            if reset:  # rising edge of RESET_FAULT clears latched faults
+                self.fault_code = 0
+                self.status &= ~(FAULT | ACK_TIMEOUT)
+            if self._pending_ack is not None:
+                seq, deadline = self._pending_ack
+                if self.ack_seq == seq:
+                    self._pending_ack = None
+                elif now > deadline:
+                    self._pending_ack = None
+                    self.acks_missed += 1
+                    self.status |= ACK_TIMEOUT
+                    self._errors.append(f"PLC did not acknowledge result {seq} within {self.cfg.ack_timeout_ms} ms")
+            if self.cfg.plc_heartbeat_fault and now - self.plc_heartbeat_changed_ns > 3 * 500_000_000:
+                self.status |= FAULT
+            changed = self.status != status_before
+        if changed:
+            self._write_a(heartbeat_only=True)
+
+    def _do(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "heartbeat":
+            self._write_a(heartbeat_only=True)
+            if self.cfg.heartbeat_coil is not None:
+                self._call("write_coil", self.cfg.heartbeat_coil, bool(item[1]))
+            self._read_b()
+        elif kind in ("result", "write_a"):
+            self._write_a()
+            self._read_b()
+        elif kind == "coil":
+            self._call("write_coil", item[1], bool(item[2]))
+
+    def _loop(self) -> None:
+        backoff = self.cfg.retry_initial_s
+        resync = not self._connected
+        while True:
+            try:
+                item = self._q.get(timeout=0.05)
+            except queue.Empty:
+                item = ("poll",)
+            if item is None:
+                if self._connected:
+                    try:
+                        self._write_a()  # READY cleared: tell the PLC we are going down
+                    except Exception:  # noqa: S110 (best effort on the way down)
+                        pass
+                return
+            if not self._connected:
+                if not self._connect():
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.cfg.retry_max_s)
+                    continue
+                self.reconnects += 1
+                backoff = self.cfg.retry_initial_s
+                resync = True
+            try:
+                if resync:
+                    self._write_a()  # the PLC may have restarted: rewrite the whole block
+                    resync = False
+                if item[0] == "poll":
+                    with self._lock:
+                        due = self._pending_ack is not None
+                    if due:
+                        self._read_b()
+                    continue
+                self._do(item)
+            except Exception as exc:  # connection reset, timeout, refused request
+                self.errors += 1
+                self._errors.append(f"PLC {self.cfg.host}:{self.cfg.port}: {exc.__class__.__name__}: {exc}")
+                self._connected = False
+                try:
+                    self._client.close()
+                except Exception:  # noqa: S110 (already broken)
+                    pass
