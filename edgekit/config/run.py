@@ -21,12 +21,13 @@ from edgekit.runtime.outputs.gpio import FakeGpioOutputConfig, GpiodOutputConfig
 from edgekit.runtime.outputs.jetson import JetsonGpioOutputConfig
 from edgekit.runtime.outputs.modbus import ModbusOutputConfig
 from edgekit.sim.camera import SimCameraConfig
+from edgekit.sim.faults import FaultyBackendConfig
 
 SourceConfig = Annotated[
     FolderCameraConfig | VideoCameraConfig | SimCameraConfig,
     Field(discriminator="type"),
 ]
-BackendConfig = OrtBackendConfig
+BackendConfig = Annotated[OrtBackendConfig | FaultyBackendConfig, Field(discriminator="type")]
 OutputConfig = Annotated[
     FakeGpioOutputConfig | GpiodOutputConfig | JetsonGpioOutputConfig | ModbusOutputConfig,
     Field(discriminator="type"),

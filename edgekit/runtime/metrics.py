@@ -42,6 +42,17 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def snapshot(self) -> dict[str, float]:
+        """Counter/gauge samples as ``name{label=value,...}`` → value (histogram buckets left out)."""
+        out: dict[str, float] = {}
+        for fam in self.registry.collect():
+            for s in fam.samples:
+                if s.name.endswith(("_bucket", "_created")):
+                    continue
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
 
 class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/healthz`` (200 healthy / 503 not, JSON body)."""

@@ -12,7 +12,7 @@ from edgekit.runtime.types import Batch, RawOutput
 
 BACKENDS: Registry[type[Backend]] = Registry(
     "backend",
-    modules=("edgekit.runtime.backends.ort", "edgekit.runtime.backends.trt"),
+    modules=("edgekit.runtime.backends.ort", "edgekit.runtime.backends.trt", "edgekit.sim.faults"),
 )
 
 

@@ -1,0 +1,106 @@
+"""Fault injection on the simulated line: each fault → the documented fail-safe (reject, event
+marked ``failsafe`` with its reason), counted in the metrics, daemon alive to the last part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgekit.config.run import parse_run_config
+from edgekit.errors import DeviceError
+from edgekit.runtime.events import read_events
+from edgekit.runtime.outputs.gpio import FakeGpioChip
+from edgekit.sim.bundles import write_intensity_bundle, write_intensity_dataset
+from edgekit.sim.run import prepare_config, simulate_config
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("faults")
+    return (write_intensity_bundle(root / "b", size=32), write_intensity_bundle(root / "nan", size=32, nan_below=0.05),
+            write_intensity_dataset(root / "d"))
+
+
+def _run(bundle: Path, data: Path, tmp: Path, parts: int = 45, faults: dict | None = None,
+         backend: dict | None = None, deadline_ms: float = 150.0, chip: str | None = None) -> dict:
+    cfg = {
+        "bundle": str(bundle),
+        "source": {"type": "sim", "dataset": str(data), "parts": parts, "spacing_mm": 10.0,
+                   "reject_distance_mm": 240.0, "seed": 3, "faults": faults or {}},
+        "encoder": {"type": "sim", "speed_mm_s": 300.0},
+        "scheduler": {"mode": "encoder", "pulse_ms": 8.0},
+        "decision": {"deadline_ms": deadline_ms},
+        "health": {"camera_retry_initial_s": 0.05, "camera_retry_max_s": 0.1},
+        "outputs": [{"type": "fake_gpio"} | ({"chip": chip} if chip else {})],
+        "events": {"path": str(tmp / "ev.db")},
+        "metrics": {"enabled": False},
+    }
+    if backend:
+        cfg["backend"] = backend
+    c = parse_run_config(cfg)
+    if chip:  # keep the given chip name (prepare_config gives fake chips fresh names)
+        return simulate_config(prepare_config(c).model_copy(update={"outputs": c.outputs}))
+    return simulate_config(prepare_config(c))
+
+
+def _failsafe_rows(r: dict) -> dict[int, str]:
+    return {row["part_id"]: row["failsafe"] for row in read_events(r["log_path"], r["run_id"]) if row["failsafe"]}
+
+
+def _line_ok(r: dict, parts: int) -> None:
+    assert r["no_decision"] == 0 and r["lost_events"] == 0 and r["events_logged"] == parts
+    assert r["missed_rejects"] == 0 and r["spurious_pulses"] == 0
+    assert r["placement_error_ticks"]["max"] is not None and r["placement_error_ticks"]["max"] <= 1
+
+
+def test_backend_raises(line, tmp_path) -> None:
+    bundle, _, data = line
+    r = _run(bundle, data, tmp_path, backend={"type": "sim_faults", "raise_parts": [5, 6, 30]})
+    _line_ok(r, 45)
+    assert _failsafe_rows(r) == {5: "backend_error", 6: "backend_error", 30: "backend_error"}
+    assert r["failsafe_rejects"] == 3
+    assert r["metrics"]["edgekit_failsafe_total{reason=backend_error}"] == 3
+
+
+def test_inference_slower_than_deadline(line, tmp_path) -> None:
+    bundle, _, data = line
+    r = _run(bundle, data, tmp_path, backend={"type": "sim_faults", "slow_parts": [10], "slow_ms": 400.0})
+    _line_ok(r, 45)
+    fs = _failsafe_rows(r)
+    assert fs[10] == "late" and set(fs.values()) <= {"late", "overload"}
+    # parts stuck behind the slow one are failed safe too, then the line recovers
+    assert all(pid >= 10 for pid in fs) and max(fs) < 30
+    assert r["metrics"]["edgekit_failsafe_total{reason=late}"] >= 1
+    assert r["metrics"].get("edgekit_failsafe_total{reason=late_result_discarded}", 0) >= 1
+
+
+def test_nan_score(line, tmp_path) -> None:
+    _, nan_bundle, data = line
+    r = _run(nan_bundle, data, tmp_path, faults={"blank": [4, 17]})
+    _line_ok(r, 45)
+    assert _failsafe_rows(r) == {4: "nan", 17: "nan"}
+    assert r["metrics"]["edgekit_failsafe_total{reason=nan}"] == 2
+
+
+def test_camera_disconnect_and_return(line, tmp_path) -> None:
+    bundle, _, data = line
+    r = _run(bundle, data, tmp_path, parts=60, faults={"disconnect": [[20, 30]], "drop": [40]})
+    _line_ok(r, 60)
+    fs = _failsafe_rows(r)
+    assert {p for p, why in fs.items() if why == "camera_down"} == set(range(20, 30))
+    assert fs[40] == "missing_frame"
+    assert r["camera_reconnects"] == 1 and r["frames_missed"] == 10
+    assert r["metrics"]["edgekit_camera_reconnects_total{source=sim0}"] == 1
+    assert r["metrics"]["edgekit_frames_missed_total{source=sim0}"] == 10
+
+
+def test_gpio_line_busy_refuses_start_then_runs(line, tmp_path) -> None:
+    bundle, _, data = line
+    chip = FakeGpioChip.reset("busy-test")
+    holder = chip.request_lines({17: {"output_value": False, "active_low": False}}, consumer="other-process")
+    with pytest.raises(DeviceError, match=r"busy.*stop it or pick a free line"):
+        _run(bundle, data, tmp_path, parts=5, chip="busy-test")
+    holder.release()
+    r = _run(bundle, data, tmp_path, parts=5, chip="busy-test")
+    assert r["events_logged"] == 5

@@ -1,0 +1,52 @@
+"""The line benchmark of issue [F]: 10,000 parts at 30 parts/s through the real daemon
+(onnxruntime, SQLite FULL, line process, fake GPIO chip). Encoder mode must place every reject at
+exactly its tick; time mode must keep p99 placement jitter within 1 ms; no event may be lost.
+Slow (two runs of ~6 minutes): ``pytest -m slow tests/sim/test_benchmark.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edgekit.config.run import parse_run_config
+from edgekit.runtime.events import read_events
+from edgekit.sim.run import prepare_config, simulate_config
+
+N_PARTS = int(os.environ.get("EDGEKIT_BENCH_PARTS", "10000"))
+
+
+def _cfg(bundle: Path, data: Path, tmp: Path, mode: str) -> dict:
+    return {
+        "bundle": str(bundle),
+        "source": {"type": "sim", "dataset": str(data), "parts": N_PARTS, "spacing_mm": 10.0,
+                   "reject_distance_mm": 300.0, "seed": 7},
+        "encoder": {"type": "sim", "speed_mm_s": 300.0, "ticks_per_mm": 1.0},  # 30 parts/s
+        "scheduler": {"mode": mode, "pulse_ms": 10.0},
+        "decision": {"deadline_ms": 250.0},
+        "queues": {"frames": 8},
+        "outputs": [{"type": "fake_gpio"}],
+        "events": {"path": str(tmp / f"ev-{mode}.db"), "synchronous": "FULL"},
+        "metrics": {"enabled": False},
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["encoder", "time"])
+def test_10000_parts_at_30_per_s(sim_line, tmp_path, mode) -> None:
+    bundle, data = sim_line
+    r = simulate_config(prepare_config(parse_run_config(_cfg(bundle, data, tmp_path, mode))))
+    out = Path(os.environ.get("EDGEKIT_BENCH_OUT", tmp_path)) / f"bench-{mode}.json"
+    out.write_text(json.dumps({k: v for k, v in r.items() if k != "lines"}, indent=2, default=str))
+    print("\n".join(r["lines"]))
+    assert r["parts"] == N_PARTS and r["parts_per_s"] == 30.0
+    assert r["lost_events"] == 0 and r["no_decision"] == 0 and r["events_logged"] == N_PARTS
+    assert len(read_events(r["log_path"], r["run_id"])) == N_PARTS
+    assert r["missed_rejects"] == 0 and r["false_rejects"] == 0 and r["spurious_pulses"] == 0
+    assert r["correct_rejects"] + r["failsafe_rejects"] == r["defective"]
+    if mode == "encoder":
+        assert r["placement_error_ticks"]["max"] == 0
+    else:
+        assert r["placement_error_ms"]["p99"] <= 1.0
