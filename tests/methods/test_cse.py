@@ -4,6 +4,7 @@ Random-init backbone (``weights: none``) at 64² keeps every test to seconds on 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -33,11 +34,17 @@ def _recipe(k: int = 1, **train: object) -> dict:
     }
 
 
+_BUILT: dict[int, ContrastiveEmbeddings] = {}
+
+
 def _model(k: int = 1) -> ContrastiveEmbeddings:
+    """A fresh model; built once per k (timm construction dominates test time), then copied."""
     from edgekit.train import build_model
 
-    torch.manual_seed(0)
-    return build_model(recipe_from_dict(_recipe(k)))
+    if k not in _BUILT:
+        torch.manual_seed(0)
+        _BUILT[k] = build_model(recipe_from_dict(_recipe(k)))
+    return copy.deepcopy(_BUILT[k])
 
 
 @pytest.fixture(scope="module")
