@@ -245,7 +245,8 @@ class Daemon:
         emit(self.log, logging.INFO, "started", run_id=self.run_id, bundle_id=self.pipeline.bundle.bundle_id,
              model_id=self.pipeline.backend.model_id, accept_edge=band.accept_edge, reject_edge=band.reject_edge,
              band_source=band.source, source=self.camera.name, mode=self.cfg.scheduler.mode,
-             events=str(self.event_log.path), metrics_port=self.metrics_port, config=self.cfg.model_dump(mode="json"))
+             events=str(self.event_log.path), metrics_port=self.metrics_port, line_pid=self.line.pid,
+             config=self.cfg.model_dump(mode="json"))
         self._last_progress_ns = time.monotonic_ns()
         self._spawn("events", self._events_loop)
         self._spawn("line-rx", self.line.receive_loop)

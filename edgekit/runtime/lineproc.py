@@ -309,6 +309,10 @@ class LineProcess:
     def publish(self, d: Decision) -> None:
         self._send(("publish", decision_message(d)))
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def set_encoder_origin(self, t0_ns: int) -> None:
         """Share the simulated belt's origin (monotonic ns) with the line process."""
         self._send(("encoder_origin", t0_ns))
