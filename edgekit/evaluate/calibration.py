@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
-from collections.abc import Iterable
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,8 @@ class Calibration:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict."""
-        return asdict(self)
+        """Plain JSON-serialisable dict (all fields plus ``source``, so it also reads as thresholds)."""
+        return {**asdict(self), "source": f"calibration:{self.method}"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -105,20 +105,6 @@ class Calibration:
 # ----------------------------------------------------------------------------- helpers
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def hash_files(paths: Iterable[str | Path], root: str | Path | None = None) -> str:
-    """sha256 over the sorted (relative name, content sha256) of the calibration images, so the
-    same image set gives the same hash on any machine."""
-    entries = []
-    for p in paths:
-        p = Path(p)
-        name = p.relative_to(root).as_posix() if root is not None else p.name
-        entries.append((name, hashlib.sha256(p.read_bytes()).hexdigest()))
-    h = hashlib.sha256()
-    for name, digest in sorted(entries):
-        h.update(f"{name}\0{digest}\n".encode())
-    return "sha256:" + h.hexdigest()
 
 
 def hash_scores(scores: np.ndarray) -> str:
@@ -337,7 +323,8 @@ def calibrate(
         confidence: confidence of the bound (good-only methods).
         margin: score units widening the review band: both sides for ``coverage``, below the edge
             for good-only methods.
-        data_hash: hash of the calibration image set (``hash_files``); default: hash of the scores.
+        data_hash: hash of the calibration image set (``data.dataset.dataset_hash``); default: hash
+            of the scores.
     Returns:
         Calibration.
     """
@@ -377,3 +364,305 @@ def calibrate(
     # a margin opens a review band below the edge: fewer missed defects, same false-reject rate
     return Calibration(float(edge), float(edge - margin), float(edge), method, float(frr), float(confidence),
                        int(good.size), int(bad.size), hash_, date, float(margin), details)
+
+
+# ----------------------------------------------------------------------------- edgekit calibrate
+@dataclass
+class CalibrationImages:
+    """Images a calibration scores: held-out goods (never used in training) and labelled defects."""
+
+    goods: list[Path]
+    defects: list[tuple[Path, str]]
+    sources: dict[str, int]
+
+
+def _run_info_for(model_dir: Path) -> dict[str, Any] | None:
+    """run.json of a run directory, or of the run a bundle was built from (if still on disk)."""
+    import json
+
+    cands = [model_dir / "run.json"]
+    mf = model_dir / "manifest.json"
+    if mf.is_file():
+        try:
+            run_path = json.loads(mf.read_text(encoding="utf-8")).get("run", {}).get("path")
+        except (OSError, ValueError):
+            run_path = None
+        cands = [Path(run_path) / "run.json"] if run_path else []
+    for c in cands:
+        if c.is_file():
+            try:
+                return json.loads(c.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def collect_images(data_dir: str | Path, run_info: dict[str, Any] | None) -> CalibrationImages:
+    """Held-out good images: ``DIR/test/good`` plus the run's held-out ``train/good`` images
+    (recorded in run.json ``data.val_images``) that lie inside DIR; defects: ``DIR/test/<type>/``.
+
+    Raises:
+        DataError: DIR missing, or no held-out good image at all.
+    """
+    from edgekit.data.dataset import GOOD, list_images
+
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: calibration data folder not found; pass the dataset folder holding test/good/")
+    goods = list_images(root / "test" / GOOD)
+    sources = {"test/good": len(goods)}
+    val = []
+    if run_info:
+        rroot = root.resolve()
+        for v in run_info.get("data", {}).get("val_images", []):
+            vp = Path(v)
+            if vp.is_file() and rroot in vp.resolve().parents:
+                val.append(vp)
+    if val:
+        sources["run held-out train/good"] = len(val)
+    seen = {p.resolve() for p in goods}
+    goods += [p for p in val if p.resolve() not in seen]
+    if not goods:
+        raise DataError(
+            f"{root / 'test' / GOOD}: no held-out good images (folder missing or empty); put good images the "
+            "model was NOT trained on there (at least a few hundred for a rate-based edge)"
+        )
+    defects: list[tuple[Path, str]] = []
+    test = root / "test"
+    if test.is_dir():
+        for d in sorted(x for x in test.iterdir() if x.is_dir() and x.name != GOOD and not x.name.startswith(".")):
+            defects += [(p, d.name) for p in list_images(d)]
+    sources["test/<defect>"] = len(defects)
+    return CalibrationImages(goods, defects, sources)
+
+
+def _training_reference(run_info: dict[str, Any] | None, n_sample: int = 8) -> dict[str, Any]:
+    """What the training images looked like: tiles per image (from run.json counts) and whether
+    they are greyscale (from a few training files, when still on disk)."""
+    ref: dict[str, Any] = {"tiles_per_image": None, "grey": None}
+    if not run_info:
+        return ref
+    data = run_info.get("data", {})
+    n_img, n_tiles = data.get("n_train_images"), data.get("n_train_tiles")
+    if n_img and n_tiles and n_tiles % n_img == 0:
+        ref["tiles_per_image"] = n_tiles // n_img
+    from edgekit.data.dataset import GOOD, list_images
+    from edgekit.data.images import read_image
+
+    greys = []
+    for d in data.get("dirs", []):
+        for p in list_images(Path(d) / "train" / GOOD)[:n_sample]:
+            try:
+                img = read_image(p)
+            except DataError:
+                continue
+            greys.append(_is_grey(img))
+        if greys:
+            break
+    if greys:
+        ref["grey"] = all(greys) if all(greys) or not any(greys) else None
+    return ref
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+
+
+def _check_preprocessing(path: Path, rgb: np.ndarray, spec: Any, ref: dict[str, Any]) -> None:
+    """Refuse calibration images that the model would see differently from its training images."""
+    from edgekit.data.preprocess import plan_tiles
+
+    h, w = rgb.shape[:2]
+    tpi = ref.get("tiles_per_image")
+    if tpi is not None:
+        n = plan_tiles(h, w, spec).n_tiles
+        if n != tpi:
+            raise DataError(
+                f"{path}: a {w}x{h} image is cut into {n} tile(s) but the model's training images gave {tpi} per "
+                "image; calibration images must come from the same camera set-up and preprocessing (size, crop, "
+                "aspect) as the training images"
+            )
+    grey = ref.get("grey")
+    if grey is not None and _is_grey(rgb) != grey:
+        have, want = ("colour", "greyscale") if grey else ("greyscale", "colour")
+        raise DataError(
+            f"{path}: {have} image but the model was trained on {want} images; calibrate with images from the "
+            "same camera mode and preprocessing as training"
+        )
+
+
+def score_images(scorer: Any, paths: list[Path], ref: dict[str, Any], quiet: bool = True,
+                 desc: str = "score") -> tuple[np.ndarray, list[Path], list[str]]:
+    """Score image files with a run or bundle scorer (tiles, max over tiles).
+
+    Returns: scores (n,) float64 of the readable images, their paths, skipped-file messages."""
+    from tqdm import tqdm
+
+    from edgekit.data.images import read_image
+    from edgekit.evaluate.scoring import score_image
+
+    scores, kept, skipped = [], [], []
+    for p in tqdm(paths, desc=desc, unit="img", disable=quiet):
+        try:
+            rgb = read_image(p)
+        except DataError as exc:
+            skipped.append(str(exc))
+            continue
+        _check_preprocessing(p, rgb, scorer.spec, ref)
+        score, _, _ = score_image(scorer, rgb)
+        scores.append(float(score))
+        kept.append(p)
+    return np.asarray(scores, dtype=np.float64), kept, skipped
+
+
+def cross_check(good: np.ndarray, *, method: str, frr: float, confidence: float, seed: int = 0,
+                **kw: Any) -> dict[str, Any]:
+    """Honest false-reject measurement: split the good scores in two halves (seeded), calibrate on
+    one half, count false rejects on the other, and the other way round.
+
+    Returns: {"n", "false_rejects", "frr"} or {"skipped": reason} when a half is too small."""
+    idx = np.random.default_rng(seed).permutation(good.size)
+    halves = [good[idx[: good.size // 2]], good[idx[good.size // 2 :]]]
+    fr = 0
+    for a, b in ((0, 1), (1, 0)):
+        try:
+            edge = calibrate(halves[a], method=method, frr=frr, confidence=confidence, **kw).reject_edge
+        except DataError as exc:
+            need = re.search(r"need at least (\d+)", str(exc))
+            why = f"each half needs at least {need.group(1)}" if need else str(exc)
+            return {"skipped": f"{good.size} images split in two halves are too few ({why})"}
+        fr += int(np.sum(halves[b] >= edge))
+    return {"n": int(good.size), "false_rejects": fr, "frr": fr / good.size}
+
+
+def write_calibration(model_dir: str | Path, cal: Calibration, spec: Any) -> Path:
+    """Store a calibration: a run's ``run.json`` key ``calibration``, or a bundle's
+    ``calibration.json`` + manifest ``thresholds`` (re-hashed through ``write_manifest``).
+
+    Raises:
+        DataError: the calibration was computed with a different preprocessing than the model's.
+    Returns: the file written (run.json or manifest.json).
+    """
+    import json
+
+    from edgekit.bundle.io import load_bundle, write_json_atomic, write_manifest
+
+    p = Path(model_dir)
+    doc = {**cal.to_dict(), "preprocess": spec.to_dict()}
+    if (p / "manifest.json").is_file():
+        bundle = load_bundle(p)
+        if bundle.manifest["preprocess"] != spec.to_dict():
+            raise DataError(
+                f"{p}: the calibration was computed with a different preprocessing ({spec.to_dict()}) than the "
+                f"bundle's ({bundle.manifest['preprocess']}); run `edgekit calibrate {p} --data DIR` on this bundle"
+            )
+        write_json_atomic(p / "calibration.json", doc)
+        manifest = dict(bundle.manifest)
+        manifest["thresholds"] = cal.to_thresholds()
+        manifest["files"] = {**manifest["files"], "calibration.json": ""}
+        write_manifest(p, manifest)
+        return p / "manifest.json"
+    run_json = p / "run.json"
+    info = json.loads(run_json.read_text(encoding="utf-8"))
+    if info.get("preprocess") is not None and info["preprocess"] != spec.to_dict():
+        raise DataError(
+            f"{p}: the calibration was computed with a different preprocessing than the run's; "
+            f"run `edgekit calibrate {p} --data DIR` again"
+        )
+    info["calibration"] = doc
+    write_json_atomic(run_json, info)
+    return run_json
+
+
+def calibrate_model(
+    model_dir: str | Path, data_dir: str | Path, *, frr: float = 0.005, confidence: float = 0.95,
+    method: str = "quantile", margin: float = 0.0, device: str = "cpu", write: bool = True, quiet: bool = True,
+    **kw: Any,
+) -> tuple[Calibration, dict[str, Any]]:
+    """``edgekit calibrate``: score held-out images with a run or bundle, calibrate the band and
+    (``write``) store it in the run or bundle.
+
+    Returns: (Calibration, facts: image sources, skipped files, measured false-reject rates, path written).
+    """
+    from edgekit.data.dataset import dataset_hash
+    from edgekit.evaluate.scoring import load_scorer
+
+    if method not in METHODS:
+        raise DataError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
+    _check_rate(frr, confidence)
+    mdir = Path(model_dir)
+    run_info = _run_info_for(mdir)
+    images = collect_images(data_dir, run_info)
+    if method == "quantile":  # say so before spending minutes scoring
+        need = min_good_images(frr, confidence)
+        if len(images.goods) < need:
+            raise DataError(
+                f"{data_dir}: {len(images.goods)} held-out good images are too few to bound a false-reject rate of "
+                f"{frr * 100:.3g} % at {confidence * 100:.3g} % confidence: need at least {need} in test/good "
+                "(add good images, raise --frr, or use --method evt)"
+            )
+    if method == "coverage" and not images.defects:
+        raise DataError(f"{data_dir}: the coverage method needs labelled defect images in test/<defect_type>/; "
+                        "with good images only use --method quantile or evt")
+    scorer = load_scorer(mdir, device=device)
+    ref = _training_reference(run_info)
+    good, good_paths, skipped = score_images(scorer, images.goods, ref, quiet, "score good")
+    # defects are scored with every method: good-only methods report how many the edge would pass
+    bad, bad_paths, skipped_b = score_images(scorer, [p for p, _ in images.defects], ref, quiet, "score defect")
+    skipped += skipped_b
+    data_hash = dataset_hash(good_paths + bad_paths, root=data_dir) if good_paths else hash_scores(good)
+    cal = calibrate(good, bad if bad.size else None, method=method, frr=frr, confidence=confidence, margin=margin,
+                    data_hash=data_hash, **kw)
+    cal.details["sources"] = images.sources
+    facts: dict[str, Any] = {"sources": images.sources, "n_good": int(good.size), "n_defect": int(bad.size),
+                             "skipped": skipped}
+    facts["in_sample"] = {"false_rejects": int(np.sum(good >= cal.reject_edge)), "n": int(good.size),
+                          "frr": float(np.mean(good >= cal.reject_edge)) if good.size else None}
+    if bad.size:
+        facts["in_sample"]["false_accepts"] = int(np.sum(bad < cal.accept_edge))
+        facts["in_sample"]["review"] = int(np.sum((good >= cal.accept_edge) & (good < cal.reject_edge))
+                                           + np.sum((bad >= cal.accept_edge) & (bad < cal.reject_edge)))
+    if method != "coverage":
+        facts["cross_check"] = cross_check(good, method=method, frr=frr, confidence=confidence, **kw)
+        cal.details["cross_check"] = facts["cross_check"]
+    if write:
+        facts["written"] = str(write_calibration(mdir, cal, scorer.spec))
+    return cal, facts
+
+
+def calibrate_cli(model_dir: str, data_dir: str, *, frr: float, confidence: float, method: str, margin: float,
+                  device: str = "cpu") -> dict[str, Any]:
+    """Run ``calibrate_model`` and print what a line engineer needs to judge the edge."""
+    cal, facts = calibrate_model(model_dir, data_dir, frr=frr, confidence=confidence, method=method, margin=margin,
+                                 device=device, quiet=False)
+    src = ", ".join(f"{k}: {v}" for k, v in facts["sources"].items() if v)
+    print(f"scored {facts['n_good']} held-out good and {facts['n_defect']} defect images ({src})")
+    if facts["skipped"]:
+        print(f"warning: {len(facts['skipped'])} unreadable image(s) skipped, e.g. {facts['skipped'][0]}")
+    d = cal.details
+    if cal.method == "coverage":
+        print(f"coverage band: accept < {cal.accept_edge:.6g}, reject >= {cal.reject_edge:.6g} "
+              f"(margin {cal.margin:g}); threshold {cal.threshold:.6g}; coverage on these images "
+              f"{d['coverage'] * 100:.1f} %, review {d['review_share'] * 100:.1f} %")
+    else:
+        band = (f"accept < {cal.accept_edge:.6g}, reject >= {cal.reject_edge:.6g}" if cal.accept_edge != cal.reject_edge
+                else f"edge {cal.reject_edge:.6g} (accept below, reject at or above)")
+        extra = (f"order statistic {d['k']} of {d['n']}, FRR bound {d['frr_upper_bound'] * 100:.3g} %"
+                 if cal.method == "quantile" else
+                 f"GPD tail above {d['tail_threshold']:.4g} ({d['n_tail']} images), xi {d['xi']:.3f}, point "
+                 f"estimate {d['point_edge']:.6g}; approximate bound, see docs")
+        print(f"{cal.method}: {band} ({extra})")
+        print(f"requested false-reject rate: {frr * 100:.3g} % at {confidence * 100:.3g} % confidence")
+        ins = facts["in_sample"]
+        print(f"measured false-reject rate on the calibration images: {ins['frr'] * 100:.3g} % "
+              f"({ins['false_rejects']}/{ins['n']})")
+        cc = facts["cross_check"]
+        if "skipped" in cc:
+            print(f"measured on held-out halves: skipped: {cc['skipped']}")
+        else:
+            print(f"measured on held-out halves (calibrate on one half, count on the other): {cc['frr'] * 100:.3g} % "
+                  f"({cc['false_rejects']}/{cc['n']})")
+        if "defect_accept_rate_at_edge" in d:
+            print(f"defect images accepted at this edge: {d['defect_accept_rate_at_edge'] * 100:.3g} %")
+    print(f"calibration written to {facts['written']}")
+    return {"calibration": cal.to_dict(), **facts}

@@ -99,16 +99,103 @@ def test_good_only_margin_opens_review_band_below_edge():
     assert cal.reject_edge == cal.threshold == 599.0 and cal.accept_edge == 597.0
 
 
-def test_calibration_serialises_to_manifest_thresholds(tmp_path):
-    p1, p2 = tmp_path / "a.png", tmp_path / "b.png"
-    p1.write_bytes(b"one")
-    p2.write_bytes(b"two")
-    h = C.hash_files([p2, p1], root=tmp_path)
-    assert h == C.hash_files([p1, p2], root=tmp_path) and h.startswith("sha256:")
+def test_calibration_serialises_to_manifest_thresholds():
+    h = "sha256:" + "0" * 64
     cal = C.calibrate(np.linspace(0, 1, 700), np.array([2.0, 3.0]), data_hash=h)
     d = json.loads(json.dumps(cal.to_dict()))
+    assert d["source"] == "calibration:quantile" and d["date"].endswith("+00:00")
     assert C.Calibration.from_dict(d) == cal
     t = cal.to_thresholds()
     assert {"threshold", "accept_edge", "reject_edge", "source"} <= set(t)
     assert t["source"] == "calibration:quantile" and t["data_hash"] == h and t["n_defect"] == 2
     assert cal.details["defect_accept_rate_at_edge"] == 0.0
+
+
+# ----------------------------------------------------------------------------- edgekit calibrate on a real run/bundle
+def _copy_run(tiny_run, tmp_path):
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst)
+    return dst
+
+
+def test_calibrate_run_writes_run_json(tiny_run, tiny_dataset, tmp_path):
+    from edgekit.evaluate.scoring import load_scorer
+
+    run = _copy_run(tiny_run, tmp_path)
+    cal, facts = C.calibrate_model(run, tiny_dataset, frr=0.2, confidence=0.8, method="quantile")
+    info = json.loads((run / "run.json").read_text())
+    n_val = len(info["data"]["val_images"])
+    assert facts["sources"]["test/good"] == 8 and facts["sources"]["run held-out train/good"] == n_val
+    assert cal.n_good == 8 + n_val and cal.n_defect == 8
+    stored = info["calibration"]
+    assert stored["method"] == "quantile" and stored["source"] == "calibration:quantile"
+    assert stored["preprocess"]["size"] == 64 and stored["data_hash"].startswith("sha256:")
+    assert stored["accept_edge"] == stored["reject_edge"] == cal.threshold
+    # the in-sample count is what the edge really does on these scores
+    assert facts["in_sample"]["false_rejects"] == round(facts["in_sample"]["frr"] * cal.n_good)
+    assert "skipped" in facts["cross_check"] or facts["cross_check"]["n"] == cal.n_good
+    # the scorer (evaluate/build) now reads the calibrated band
+    assert load_scorer(run).thresholds["threshold"] == cal.threshold
+
+
+def test_calibrate_bundle_rewrites_manifest_and_hashes(bundle_copy, tiny_dataset):
+    from edgekit.bundle.io import load_bundle
+
+    cal, facts = C.calibrate_model(bundle_copy, tiny_dataset, method="coverage", margin=0.001)
+    b = load_bundle(bundle_copy)  # verifies every sha256, calibration.json included
+    t = b.thresholds
+    assert t["source"] == "calibration:coverage" and t["accept_edge"] == cal.accept_edge
+    assert t["reject_edge"] == cal.reject_edge and t["data_hash"] == cal.data_hash and t["date"] == cal.date
+    doc = json.loads((bundle_copy / "calibration.json").read_text())
+    assert doc["preprocess"] == b.manifest["preprocess"] and doc["margin"] == 0.001
+    assert facts["written"].endswith("manifest.json")
+
+
+def test_calibrate_errors(tiny_run, tiny_dataset, tmp_path):
+    import shutil
+
+    import cv2
+
+    run = _copy_run(tiny_run, tmp_path)
+    with pytest.raises(DataError, match=r"too few .* need at least 598 in test/good"):
+        C.calibrate_model(run, tiny_dataset)  # default 0.5 % at 95 %
+    empty = tmp_path / "nogood"
+    (empty / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DataError, match="no held-out good images"):
+        C.calibrate_model(run, empty, frr=0.2, confidence=0.8)
+    # strips from another camera set-up: each image becomes several tiles, training images one
+    wide = tmp_path / "wide"
+    (wide / "test" / "good").mkdir(parents=True)
+    src = sorted((tiny_dataset / "test" / "good").iterdir())[0]
+    img = cv2.imread(str(src))
+    for i in range(9):
+        cv2.imwrite(str(wide / "test" / "good" / f"{i}.png"), np.concatenate([img] * 3, axis=1))
+    with pytest.raises(DataError, match=r"cut into [2-9] tile\(s\) but the model's training images gave 1 per image"):
+        C.calibrate_model(run, wide, frr=0.2, confidence=0.8)
+    # greyscale images for a colour-trained model
+    grey = tmp_path / "grey"
+    shutil.copytree(tiny_dataset / "test" / "good", grey / "test" / "good")
+    for p in (grey / "test" / "good").iterdir():
+        g = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2GRAY)
+        cv2.imwrite(str(p), g)
+    with pytest.raises(DataError, match="greyscale image but the model was trained on colour"):
+        C.calibrate_model(run, grey, frr=0.2, confidence=0.8)
+    assert json.loads((run / "run.json").read_text())["calibration"]["source"].startswith("provisional")
+
+
+def test_calibrate_cli_prints_measured_rate(tiny_run, tiny_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    run = _copy_run(tiny_run, tmp_path)
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--data", str(tiny_dataset), "--frr", "0.2",
+                                    "--confidence", "0.8"])
+    assert res.exit_code == 0, res.output
+    assert "requested false-reject rate: 20 % at 80 % confidence" in res.output
+    assert "measured false-reject rate on the calibration images" in res.output
+    assert "calibration written to" in res.output
+    bad = CliRunner().invoke(main, ["calibrate", str(run), "--data", str(tiny_dataset)])
+    assert bad.exit_code == 2 and "need at least 598" in bad.output and "Traceback" not in bad.output
