@@ -540,7 +540,7 @@ def decision_threshold(result: EvalResult) -> tuple[float | None, str]:
     """Threshold used for confusion counts: the calibrated one if present, else best F1."""
     cal = result.calibration
     if cal and cal.get("threshold") is not None:
-        return float(cal["threshold"]), f"calibrated ({cal.get('method', '?')})"
+        return float(cal["threshold"]), f"calibrated, {cal.get('method') or cal.get('source') or '?'}"
     best = f1_best(result.labels, result.scores)
     if best is None:
         return None, "none (no defects in the test set)"

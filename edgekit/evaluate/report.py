@@ -80,7 +80,8 @@ def _pr_plot(y: np.ndarray, s: np.ndarray, ap: float | None) -> str | None:
     plt = _mpl()
     precision, recall, _ = curve
     fig, ax = plt.subplots(figsize=(5.6, 4.6))
-    ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="post", color=GOOD_COLOR, lw=2.2,
+    # precision p_k holds on the recall interval (r_{k-1}, r_k]: the steps the AP sum integrates
+    ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", color=GOOD_COLOR, lw=2.2,
             label=f"AP = {ap:.4f}")
     base = float(np.mean(y))
     ax.axhline(base, color="gray", ls="--", lw=1, label=f"defect share {base:.2f}")
@@ -120,6 +121,9 @@ def _hist_plot(y: np.ndarray, s: np.ndarray, accept: float | None, reject: float
         ax.hist(bad, bins=bins, color=DEFECT_COLOR, alpha=0.55, label=f"defect (n={bad.size})")
     if threshold is not None and (accept is None or threshold not in (accept, reject)):
         ax.axvline(threshold, color="black", lw=1.5, ls="--")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlim=(lo, hi), xlabel="Image anomaly score", ylabel="Images",
            title=f"Score distribution with the decision band ({band_label})")
     handles, _ = ax.get_legend_handles_labels()
@@ -307,7 +311,7 @@ def write_report(path: str | Path, result: EvalResult, metrics: dict[str, Any] |
     cov = m.get("coverage")
     if cal and cal.get("accept_edge") is not None:
         accept, reject = float(cal["accept_edge"]), float(cal["reject_edge"])
-        band_label = f"calibrated: {cal.get('method', '?')}"
+        band_label = f"calibrated: {cal.get('method') or str(cal.get('source', '?')).split(':')[0]}"
     elif cov is not None:
         accept, reject = float(cov["accept_edge"]), float(cov["reject_edge"])
         band_label = "coverage band of this test set; not calibrated"
@@ -394,7 +398,15 @@ def write_report(path: str | Path, result: EvalResult, metrics: dict[str, Any] |
         keys = ["method", "threshold", "accept_edge", "reject_edge", "frr_target", "confidence", "margin",
                 "n_good", "n_defect", "data_hash", "date"]
         parts.append("<h2>Calibration</h2>")
-        parts.append(_table(["field", "value"], [[k, _fmt(cal.get(k))] for k in keys if k in cal]))
+        rows = [[k, _fmt(cal.get(k), pct=k == "frr_target")] for k in keys if k in cal]
+        d = cal.get("details") or {}
+        if d.get("frr_upper_bound") is not None:
+            rows.append(["false-reject bound at this confidence", _fmt(d["frr_upper_bound"], pct=True)])
+        cc = d.get("cross_check") or {}
+        if cc.get("frr") is not None:
+            rows.append(["measured false-reject rate (2-fold, held-out halves)",
+                         f"{_fmt(cc['frr'], pct=True)} ({cc['false_rejects']}/{cc['n']})"])
+        parts.append(_table(["field", "value"], rows))
 
     # gallery: ranked by how wrong they are under the band (or the threshold)
     recs = result.records

@@ -58,17 +58,47 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{v * 100:.2f} %"
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    """The metrics a line engineer reads first, one per line (everything else is in --json)."""
+    m = metrics
+    for k in ("n_good", "n_defect", "n_skipped", "image_auroc", "average_precision", "pixel_auroc", "pro"):
+        print(f"{k:>18}: {_fmt(m.get(k))}")
+    best = m.get("f1_best")
+    if best:
+        print(f"{'best F1':>18}: {_fmt(best['f1'])} at score >= {best['threshold']:.6g} "
+              f"(precision {_fmt(best['precision'])}, recall {_fmt(best['recall'])})")
+    at = m.get("at_threshold")
+    if at and m.get("threshold_source", "").startswith("calibrated"):
+        c = at["confusion"]
+        print(f"{'calibrated thr.':>18}: {m['threshold']:.6g} ({m['threshold_source']}): F1 {_fmt(at['f1'])}, "
+              f"precision {_fmt(at['precision'])}, recall {_fmt(at['recall'])}, "
+              f"false rejects {c['fp']}/{c['fp'] + c['tn']} ({_pct(at['false_reject_rate'])}), "
+              f"false accepts {c['fn']}/{c['fn'] + c['tp']}")
+    cov = m.get("coverage")
+    if cov:
+        print(f"{'coverage':>18}: {_pct(cov['coverage'])} (auto-accept below {cov['lowest_defect_score']:.6g}, "
+              f"auto-reject above {cov['highest_good_score']:.6g}; review share {_pct(cov['review_share'])})")
+    band = m.get("band")
+    if band:
+        print(f"{'calibrated band':>18}: accept < {band['accept_edge']:.6g}, reject >= {band['reject_edge']:.6g}: "
+              f"auto {_pct(band['auto_share'])}, review {_pct(band['review_share'])}, false rejects "
+              f"{band['good_reject']}, false accepts {band['defect_accept']}")
+    for r in m.get("per_defect", []):
+        if r["defect_type"] != "good":
+            print(f"{'  ' + r['defect_type']:>18}: n {r['n']}, AUROC {_fmt(r['auroc'])}, rejected {_pct(r['rejected_share'])}")
+
+
 def evaluate_cli(model_dir: str, data_dir: str, json_path: str | None = None, report_path: str | None = None) -> dict[str, Any]:
     scorer = load_scorer(model_dir)
     result, skipped = score_test_set(scorer, data_dir)
     result.name = str(model_dir)
     metrics = compute_metrics(result)
     metrics["n_skipped"] = len(skipped)
-    for k in ("n_good", "n_defect", "n_skipped", "image_auroc", "pixel_auroc", "pro"):
-        print(f"{k:>12}: {_fmt(metrics.get(k))}")
-    cov = metrics.get("coverage")
-    if cov:
-        print(f"{'coverage':>12}: {_fmt(cov.get('coverage'))}")
+    print_summary(metrics)
     if skipped:
         print(f"warning: {len(skipped)} unreadable image(s) skipped, e.g. {skipped[0]}")
     if json_path:
@@ -79,6 +109,6 @@ def evaluate_cli(model_dir: str, data_dir: str, json_path: str | None = None, re
     if report_path:
         from edgekit.evaluate.report import write_report
 
-        write_report(report_path, result)
+        write_report(report_path, result, metrics)
         print(f"report written to {report_path}")
     return metrics
