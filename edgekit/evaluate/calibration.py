@@ -515,24 +515,29 @@ def score_images(scorer: Any, paths: list[Path], ref: dict[str, Any], quiet: boo
     return np.asarray(scores, dtype=np.float64), kept, skipped
 
 
-def cross_check(good: np.ndarray, *, method: str, frr: float, confidence: float, seed: int = 0,
+def cross_check(good: np.ndarray, *, method: str, frr: float, confidence: float, folds: int = 5, seed: int = 0,
                 **kw: Any) -> dict[str, Any]:
-    """Honest false-reject measurement: split the good scores in two halves (seeded), calibrate on
-    one half, count false rejects on the other, and the other way round.
+    """Honest false-reject measurement by k-fold: split the good scores into ``folds`` parts
+    (seeded), calibrate on all but one part, count false rejects on the left-out part, repeat for
+    every part. Each edge is set on (k−1)/k of the images, so it is slightly more conservative
+    than the final edge set on all of them.
 
-    Returns: {"n", "false_rejects", "frr"} or {"skipped": reason} when a half is too small."""
-    idx = np.random.default_rng(seed).permutation(good.size)
-    halves = [good[idx[: good.size // 2]], good[idx[good.size // 2 :]]]
+    Returns: {"n", "folds", "false_rejects", "frr"} or {"skipped": reason} when the calibration
+    part of a fold is too small for the method."""
+    if good.size < 2 * folds:
+        return {"skipped": f"{good.size} images are too few for a {folds}-fold check"}
+    parts = np.array_split(np.random.default_rng(seed).permutation(good.size), folds)
     fr = 0
-    for a, b in ((0, 1), (1, 0)):
+    for k in range(folds):
+        rest = np.concatenate([parts[j] for j in range(folds) if j != k])
         try:
-            edge = calibrate(halves[a], method=method, frr=frr, confidence=confidence, **kw).reject_edge
+            edge = calibrate(good[rest], method=method, frr=frr, confidence=confidence, **kw).reject_edge
         except DataError as exc:
             need = re.search(r"need at least (\d+)", str(exc))
-            why = f"each half needs at least {need.group(1)}" if need else str(exc)
-            return {"skipped": f"{good.size} images split in two halves are too few ({why})"}
-        fr += int(np.sum(halves[b] >= edge))
-    return {"n": int(good.size), "false_rejects": fr, "frr": fr / good.size}
+            why = f"the method needs at least {need.group(1)}" if need else str(exc)
+            return {"skipped": f"{folds}-fold check: {rest.size} images per calibration fold are too few ({why})"}
+        fr += int(np.sum(good[parts[k]] >= edge))
+    return {"n": int(good.size), "folds": folds, "false_rejects": fr, "frr": fr / good.size}
 
 
 def write_calibration(model_dir: str | Path, cal: Calibration, spec: Any) -> Path:
@@ -658,10 +663,10 @@ def calibrate_cli(model_dir: str, data_dir: str, *, frr: float, confidence: floa
               f"({ins['false_rejects']}/{ins['n']})")
         cc = facts["cross_check"]
         if "skipped" in cc:
-            print(f"measured on held-out halves: skipped: {cc['skipped']}")
+            print(f"measured on held-out folds: skipped: {cc['skipped']}")
         else:
-            print(f"measured on held-out halves (calibrate on one half, count on the other): {cc['frr'] * 100:.3g} % "
-                  f"({cc['false_rejects']}/{cc['n']})")
+            print(f"measured on held-out folds ({cc['folds']}-fold: calibrate on the rest, count on the left-out "
+                  f"fold): {cc['frr'] * 100:.3g} % ({cc['false_rejects']}/{cc['n']})")
         if "defect_accept_rate_at_edge" in d:
             print(f"defect images accepted at this edge: {d['defect_accept_rate_at_edge'] * 100:.3g} %")
     print(f"calibration written to {facts['written']}")

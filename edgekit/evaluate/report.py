@@ -404,7 +404,7 @@ def write_report(path: str | Path, result: EvalResult, metrics: dict[str, Any] |
             rows.append(["false-reject bound at this confidence", _fmt(d["frr_upper_bound"], pct=True)])
         cc = d.get("cross_check") or {}
         if cc.get("frr") is not None:
-            rows.append(["measured false-reject rate (2-fold, held-out halves)",
+            rows.append([f"measured false-reject rate ({cc.get('folds', '?')}-fold, left-out images)",
                          f"{_fmt(cc['frr'], pct=True)} ({cc['false_rejects']}/{cc['n']})"])
         parts.append(_table(["field", "value"], rows))
 

@@ -199,3 +199,20 @@ def test_calibrate_cli_prints_measured_rate(tiny_run, tiny_dataset, tmp_path):
     assert "calibration written to" in res.output
     bad = CliRunner().invoke(main, ["calibrate", str(run), "--data", str(tiny_dataset)])
     assert bad.exit_code == 2 and "need at least 598" in bad.output and "Traceback" not in bad.output
+
+
+def test_cross_check_counts_left_out_false_rejects():
+    rng = np.random.default_rng(3)
+    good = rng.exponential(size=400)
+    cc = C.cross_check(good, method="quantile", frr=0.02, confidence=0.9, folds=5)
+    # every fold calibrates on 320 images, enough for 2 % at 90 % (114 needed)
+    assert cc["n"] == 400 and cc["folds"] == 5
+    parts = np.array_split(np.random.default_rng(0).permutation(400), 5)
+    expect = 0
+    for k in range(5):
+        rest = np.concatenate([parts[j] for j in range(5) if j != k])
+        expect += int(np.sum(good[parts[k]] >= C.quantile_edge(good[rest], 0.02, 0.9)[0]))
+    assert cc["false_rejects"] == expect and cc["frr"] == expect / 400
+    assert cc["frr"] < 0.05  # the bound is conservative: well below 2 % + noise
+    skipped = C.cross_check(good[:150], method="quantile", frr=0.005, confidence=0.95)
+    assert "need" in skipped["skipped"] and "598" in skipped["skipped"]
