@@ -1,0 +1,202 @@
+"""A thin recording fake of the TensorRT 10 Python API surface used by edgekit (builder side and
+runtime side). Not a mock library: plain classes with the real method names and signatures,
+which record every call in ``FakeTensorRT.calls`` and return deterministic bytes. The ONNX
+parser really reads the file (with onnx), so input names and parse errors are the model's own."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class _Enum:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class _ParserError:
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def desc(self) -> str:
+        return self._text
+
+
+@dataclass
+class _Tensor:
+    name: str
+
+
+@dataclass
+class _Network:
+    inputs: list[_Tensor] = field(default_factory=list)
+    outputs: list[_Tensor] = field(default_factory=list)
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.inputs)
+
+    def get_input(self, i: int) -> _Tensor:
+        return self.inputs[i]
+
+
+class _HostMemory(bytes):
+    """IHostMemory supports the buffer protocol; bytes(...) of it is the blob."""
+
+
+class _TimingCache:
+    def __init__(self, rec: FakeTensorRT, blob: bytes) -> None:
+        self.rec = rec
+        self.entries = json.loads(blob.decode()) if blob else []
+
+    def serialize(self) -> _HostMemory:
+        return _HostMemory(json.dumps(self.entries).encode())
+
+
+class _Profile:
+    def __init__(self, rec: FakeTensorRT) -> None:
+        self.rec = rec
+        self.shapes: dict[str, tuple[Any, Any, Any]] = {}
+
+    def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - TensorRT's names
+        self.rec.calls.append(("profile.set_shape", name, tuple(min), tuple(opt), tuple(max)))
+        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+
+
+class _Config:
+    def __init__(self, rec: FakeTensorRT) -> None:
+        self.rec = rec
+        self.flags: list[str] = []
+        self.pools: dict[str, int] = {}
+        self.profiles: list[_Profile] = []
+        self.cache: _TimingCache | None = None
+
+    def set_memory_pool_limit(self, pool: _Enum, size: int) -> None:
+        self.rec.calls.append(("config.set_memory_pool_limit", pool.name, size))
+        self.pools[pool.name] = size
+
+    def set_flag(self, flag: _Enum) -> None:
+        self.rec.calls.append(("config.set_flag", flag.name))
+        self.flags.append(flag.name)
+
+    def create_timing_cache(self, blob: bytes) -> _TimingCache:
+        self.rec.calls.append(("config.create_timing_cache", len(blob)))
+        return _TimingCache(self.rec, bytes(blob))
+
+    def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+        self.rec.calls.append(("config.set_timing_cache", ignore_mismatch))
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self) -> _TimingCache:
+        assert self.cache is not None, "get_timing_cache before set_timing_cache"
+        return self.cache
+
+    def add_optimization_profile(self, profile: _Profile) -> int:
+        self.rec.calls.append(("config.add_optimization_profile", dict(profile.shapes)))
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+
+class _OnnxParser:
+    def __init__(self, network: _Network, logger: Any) -> None:
+        self.network = network
+        self.errors: list[_ParserError] = []
+
+    def parse_from_file(self, path: str) -> bool:
+        import onnx
+
+        FakeTensorRT.current.calls.append(("parser.parse_from_file", path))
+        try:
+            model = onnx.load(path)
+        except Exception as exc:
+            self.errors.append(_ParserError(f"cannot read {Path(path).name}: {exc.__class__.__name__}"))
+            return False
+        init = {t.name for t in model.graph.initializer}
+        self.network.inputs = [_Tensor(i.name) for i in model.graph.input if i.name not in init]
+        self.network.outputs = [_Tensor(o.name) for o in model.graph.output]
+        return True
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
+
+    def get_error(self, i: int) -> _ParserError:
+        return self.errors[i]
+
+
+class _Builder:
+    def __init__(self, logger: Any) -> None:
+        self.rec = FakeTensorRT.current
+        self.rec.calls.append(("Builder",))
+
+    def create_network(self, flags: int = 0) -> _Network:
+        self.rec.calls.append(("builder.create_network", flags))
+        return _Network()
+
+    def create_builder_config(self) -> _Config:
+        self.rec.config = _Config(self.rec)
+        return self.rec.config
+
+    def create_optimization_profile(self) -> _Profile:
+        return _Profile(self.rec)
+
+    def build_serialized_network(self, network: _Network, config: _Config) -> _HostMemory | None:
+        self.rec.calls.append(("builder.build_serialized_network", list(config.flags)))
+        if self.rec.fail_build:
+            return None
+        assert config.cache is not None
+        config.cache.entries.append({"flags": config.flags, "n": len(config.cache.entries)})
+        plan = {"fake_engine": True, "trt": self.rec.__version__, "flags": config.flags,
+                "inputs": [t.name for t in network.inputs], "profiles": [
+                    {k: [list(x) for x in v] for k, v in p.shapes.items()} for p in config.profiles]}
+        return _HostMemory(json.dumps(plan).encode())
+
+
+class _Logger:
+    WARNING = _Enum("WARNING")
+    INFO = _Enum("INFO")
+    ERROR = _Enum("ERROR")
+
+    def __init__(self, severity: Any = None) -> None:
+        self.severity = severity
+
+
+class FakeTensorRT:
+    """Module-like object standing in for ``tensorrt``; ``calls`` records the API calls."""
+
+    current: FakeTensorRT
+
+    def __init__(self, version: str = "10.3.0", fail_build: bool = False) -> None:
+        self.__version__ = version
+        self.fail_build = fail_build
+        self.calls: list[tuple[Any, ...]] = []
+        self.config: _Config | None = None
+        FakeTensorRT.current = self
+        self.Logger = _Logger
+        self.Builder = _Builder
+        self.OnnxParser = _OnnxParser
+        self.MemoryPoolType = type("MemoryPoolType", (), {"WORKSPACE": _Enum("WORKSPACE")})
+        self.BuilderFlag = type("BuilderFlag", (), {n: _Enum(n) for n in ("FP16", "INT8", "TF32", "STRICT_TYPES")})
+
+
+@dataclass
+class _Props:
+    name: bytes
+    major: int
+    minor: int
+
+
+class FakeCudart:
+    """cuda-python runtime stand-in for device queries: Jetson Orin (compute capability 8.7)."""
+
+    def __init__(self, name: bytes = b"Orin", major: int = 8, minor: int = 7) -> None:
+        self.props = _Props(name, major, minor)
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, _Props]:  # noqa: N802 - CUDA's name
+        return 0, self.props

@@ -1,0 +1,92 @@
+"""Accuracy gate and score comparison (edgekit/compile/parity.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgekit.bundle.io import load_bundle
+from edgekit.compile.parity import (
+    OnnxModel,
+    accuracy_gate,
+    compare,
+    decisions,
+    eval_set_from_dir,
+    spearman,
+)
+from edgekit.errors import BundleError
+
+
+def test_spearman_matches_definition() -> None:
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    assert spearman(a, a * 10 + 3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # one swapped pair of four: 1 - 6*2/(4*15) = 0.8
+    assert spearman(a, np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)
+
+
+def test_decisions_follow_band() -> None:
+    d = decisions(np.array([0.1, 0.5, 0.7, 0.9]), accept_edge=0.5, reject_edge=0.8)
+    assert d.tolist() == [0, 1, 1, 2]
+
+
+def test_compare_counts_flips() -> None:
+    ref = np.array([0.1, 0.6, 0.9, 0.2], np.float32)
+    test = np.array([0.1, 0.85, 0.9, 0.55], np.float32)
+    r = compare(ref, test, np.array([0, 1, 1, 0]), {"accept_edge": 0.5, "reject_edge": 0.8})
+    assert r["decision_flips"] == 2 and r["flips_accept_reject"] == 0
+    assert r["max_abs_diff"] == pytest.approx(0.35, abs=1e-6)
+    assert r["auroc"] == pytest.approx(1.0)
+
+
+def test_gate_refuses_and_allow_degraded_warns() -> None:
+    res = {"int8": {"auroc": 0.90}, "fp16": {"auroc": 0.949}}
+    with pytest.raises(BundleError, match=r"int8.*5\.00 pt.*--allow-degraded"):
+        accuracy_gate({k: dict(v) for k, v in res.items()}, 0.95, 0.5, allow_degraded=False)
+    warnings = accuracy_gate({k: dict(v) for k, v in res.items()}, 0.95, 0.5, allow_degraded=True)
+    assert len(warnings) == 1 and warnings[0].startswith("int8")
+
+
+def _break_model(src: Path, dst: Path) -> None:
+    """Zero the decoder heads' weights: the student then predicts nothing, every score is equal."""
+    m = onnx.load(str(src))
+    heads = {i for n in m.graph.node if n.op_type == "Conv" and "/decoder/heads" in n.name for i in n.input[1:]}
+    assert heads, "fixture model has no decoder heads"
+    for t in m.graph.initializer:
+        if t.name in heads:
+            t.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(t)), t.name))
+    onnx.save(m, str(dst))
+
+
+def test_gate_refuses_deliberately_broken_model(tiny_multi_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    b = load_bundle(tiny_multi_bundle)
+    es = eval_set_from_dir(tiny_dataset, b.preprocess)
+    assert es.labels is not None and es.labels.sum() > 0
+    ref = es.image_scores(OnnxModel(b.model_path("fp32")).score_tiles(es.tiles))
+    broken = tmp_path / "model.fp16.onnx"
+    _break_model(b.model_path("fp16"), broken)
+    bad = es.image_scores(OnnxModel(broken).score_tiles(es.tiles))
+    good = es.image_scores(OnnxModel(b.model_path("fp16")).score_tiles(es.tiles))
+    from edgekit.evaluate.metrics import image_auroc
+
+    ref_auroc = image_auroc(es.labels, ref)
+    assert ref_auroc is not None and ref_auroc > 0.55  # the tiny model ranks better than chance
+    # 8 good x 8 defect test images: one swapped pair moves AUROC by 1.56 pt, so the tolerance
+    # here is 5 pt; the broken copy scores every image alike (AUROC 50) and falls far below it
+    results = {"fp16": compare(ref, good, es.labels, b.thresholds)}
+    assert accuracy_gate(results, ref_auroc, 5.0, False) == []  # the real fp16 copy passes
+    with pytest.raises(BundleError, match="fp16: image AUROC"):
+        accuracy_gate({"fp16": compare(ref, bad, es.labels, b.thresholds)}, ref_auroc, 5.0, False)
+
+
+def test_build_records_gate(tiny_multi_bundle: Path) -> None:
+    m = load_bundle(tiny_multi_bundle).manifest
+    gate = m["build"]["accuracy_gate"]
+    assert gate["labelled"] and gate["tolerance_pt"] == 0.5 and gate["n_images"] == 16
+    for key in ("fp16", "int8"):
+        acc = m["models"][key]["accuracy"]
+        assert {"spearman", "max_abs_diff", "auroc", "decision_flips"} <= set(acc)

@@ -1,0 +1,113 @@
+"""FP16 conversion and INT8 Q/DQ quantization of the exported model (edgekit/compile/quantize.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from edgekit.bundle.io import load_bundle
+from edgekit.compile.onnx_export import ort_run
+from edgekit.compile.quantize import (
+    TileReader,
+    calibration_tiles,
+    convert_fp16,
+    qdq_counts,
+    quantize_int8,
+    scoring_tail,
+    stem_nodes,
+)
+from edgekit.errors import BundleError
+
+
+def _tiles(bundle: Path, dataset: Path, n: int = 8) -> np.ndarray:
+    from edgekit.data.dataset import scan_dataset
+
+    spec = load_bundle(bundle).preprocess
+    tiles, _ = calibration_tiles(scan_dataset(dataset).train_good, spec, max_tiles=n)
+    return tiles
+
+
+def test_int8_model_has_qdq_nodes_and_float_tail(tiny_multi_bundle: Path) -> None:
+    b = load_bundle(tiny_multi_bundle)
+    q = onnx.load(str(b.model_path("int8")))
+    counts = qdq_counts(q)
+    assert counts["QuantizeLinear"] > 10 and counts["DequantizeLinear"] >= counts["QuantizeLinear"]
+    # every Conv of the feature network reads a dequantized activation and a dequantized weight
+    producers = {o: n for n in q.graph.node for o in n.output}
+    tail = set(b.models["int8"]["quantization"]["excluded_nodes"])
+    convs = [n for n in q.graph.node if n.op_type == "Conv" and n.name not in tail]
+    assert convs
+    for n in convs:
+        assert producers[n.input[0]].op_type == "DequantizeLinear", n.name
+        assert producers[n.input[1]].op_type == "DequantizeLinear", n.name
+    # symmetric int8 for TensorRT: every zero point is int8 zero
+    inits = {t.name: t for t in q.graph.initializer}
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2:
+            zp = onnx.numpy_helper.to_array(inits[n.input[2]])
+            assert zp.dtype == np.int8 and not zp.any()
+    # the scoring tail (cosine, resize, blur, max) stays float: nothing quantized feeds the score
+    score_node = next(n for n in q.graph.node if "score" in n.output)
+    assert score_node.op_type == "ReduceMax" and score_node.name in tail
+    assert b.models["int8"]["quantization"]["float_compute_nodes"]  # the blur convs, recorded
+
+
+def test_int8_scores_close_to_fp32(tiny_multi_bundle: Path, tiny_dataset: Path) -> None:
+    tiles = _tiles(tiny_multi_bundle, tiny_dataset)
+    b = load_bundle(tiny_multi_bundle)
+    _, s32 = ort_run(b.model_path("fp32"), tiles)
+    maps8, s8 = ort_run(b.model_path("int8"), tiles)
+    assert maps8.dtype == np.float32 and s8.shape == s32.shape
+    assert np.max(np.abs(s8 - s32)) < 0.05 * np.max(np.abs(s32))
+
+
+def test_fp16_keeps_io_types_and_matches(tiny_multi_bundle: Path, tiny_dataset: Path) -> None:
+    b = load_bundle(tiny_multi_bundle)
+    m = onnx.load(str(b.model_path("fp16")))
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    assert all(o.type.tensor_type.elem_type == TensorProto.FLOAT for o in m.graph.output)
+    n16 = sum(1 for t in m.graph.initializer if t.data_type == TensorProto.FLOAT16)
+    assert n16 > 20  # conv weights are half precision
+    tiles = _tiles(tiny_multi_bundle, tiny_dataset)
+    _, s32 = ort_run(b.model_path("fp32"), tiles)
+    _, s16 = ort_run(b.model_path("fp16"), tiles)
+    assert np.max(np.abs(s16 - s32)) < 1e-2 * np.max(np.abs(s32))
+
+
+def test_exclude_stem_keeps_first_conv_float(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    src = load_bundle(tiny_bundle).model_path("fp32")
+    info = quantize_int8(src, tmp_path / "q.onnx", _tiles(tiny_bundle, tiny_dataset, 4), exclude_stem=True, progress=False)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    stem = stem_nodes(q)[0]
+    assert stem in info["excluded_nodes"] and stem in info["float_compute_nodes"]
+
+
+def test_scoring_tail_starts_at_normalisation(tiny_bundle: Path) -> None:
+    m = onnx.load(str(load_bundle(tiny_bundle).model_path("fp32")))
+    tail = scoring_tail(m)
+    ops = {n.name: n.op_type for n in m.graph.node}
+    assert {ops[t] for t in tail} >= {"ReduceSum", "Sqrt", "Div", "Resize", "ReduceMax"}
+    assert not any("teacher" in t for t in tail)  # the backbone is not part of the tail
+
+
+def test_tile_reader_rewinds() -> None:
+    r = TileReader(np.zeros((5, 4, 4, 3), np.uint8), batch=2, progress=False)
+    first = [b["image"].shape[0] for b in iter(r.get_next, None)]
+    r.rewind()
+    again = [b["image"].shape[0] for b in iter(r.get_next, None)]
+    assert first == again == [2, 2, 1]
+
+
+def test_calibration_without_images_is_refused(tiny_bundle: Path) -> None:
+    with pytest.raises(BundleError, match="--calib-data"):
+        calibration_tiles([], load_bundle(tiny_bundle).preprocess)
+
+
+def test_fp16_conversion_is_topologically_sorted(tiny_bundle: Path, tmp_path: Path) -> None:
+    info = convert_fp16(load_bundle(tiny_bundle).model_path("fp32"), tmp_path / "h.onnx")
+    onnx.checker.check_model(onnx.load(str(tmp_path / "h.onnx")), full_check=True)
+    assert info["keep_io_types"] and info["fp32_scoring_tail"] > 0
