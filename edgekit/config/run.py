@@ -16,6 +16,7 @@ from edgekit.config.base import StrictModel, parse_model, read_yaml
 from edgekit.errors import ConfigError
 from edgekit.runtime.backends.ort import OrtBackendConfig
 from edgekit.runtime.capture.files import FolderCameraConfig, VideoCameraConfig
+from edgekit.runtime.capture.opencv import CsiCameraConfig, GstreamerCameraConfig, UsbCameraConfig
 from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig
 from edgekit.runtime.outputs.gpio import FakeGpioOutputConfig, GpiodOutputConfig
 from edgekit.runtime.outputs.jetson import JetsonGpioOutputConfig
@@ -24,7 +25,8 @@ from edgekit.sim.camera import SimCameraConfig
 from edgekit.sim.faults import FaultyBackendConfig
 
 SourceConfig = Annotated[
-    FolderCameraConfig | VideoCameraConfig | SimCameraConfig,
+    FolderCameraConfig | VideoCameraConfig | UsbCameraConfig | CsiCameraConfig | GstreamerCameraConfig
+    | SimCameraConfig,
     Field(discriminator="type"),
 ]
 BackendConfig = Annotated[OrtBackendConfig | FaultyBackendConfig, Field(discriminator="type")]

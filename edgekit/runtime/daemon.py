@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ from edgekit.errors import ConfigError, DataError, DeviceError, EdgekitError
 from edgekit.runtime.archive import Archive
 from edgekit.runtime.backends import BACKENDS, Backend
 from edgekit.runtime.capture import CAMERAS, Camera
+from edgekit.runtime.capture.base import IDLE
 from edgekit.runtime.decision import Band, Decider
-from edgekit.runtime.encoder import Encoder, make_encoder
+from edgekit.runtime.encoder import Encoder, RemoteEncoder, make_encoder
 from edgekit.runtime.events import EventLog, decision_row
 from edgekit.runtime.lineproc import LineProcess
 from edgekit.runtime.logs import emit, setup_logging
@@ -133,7 +134,16 @@ class Daemon:
         self.log = logger or logging.getLogger("edgekit.runtime")
         self.metrics = Metrics()
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self.encoder = encoder if encoder is not None else (make_encoder(cfg.encoder) if cfg.encoder else None)
+        # a simulated belt is a pure function of time, usable in both processes; a real encoder
+        # input belongs to the line process, which streams its count here (RemoteEncoder)
+        if encoder is not None:
+            self.encoder = encoder
+        elif cfg.encoder is None:
+            self.encoder = None
+        elif cfg.encoder.type == "sim":
+            self.encoder = make_encoder(cfg.encoder)
+        else:
+            self.encoder = RemoteEncoder()
         self.camera = camera or self._make_camera()
         self._backend_given = backend
         # output plug-ins are built here only to check names and capabilities; the line process
@@ -257,6 +267,7 @@ class Daemon:
         self._started = True
 
     def _line_spec(self) -> dict[str, Any]:
+        trig = getattr(self.cfg.source, "trigger", None)
         return {
             "outputs": [o.model_dump(mode="json") for o in self.cfg.outputs],
             "encoder": self.cfg.encoder.model_dump(mode="json") if self.cfg.encoder is not None else None,
@@ -264,6 +275,7 @@ class Daemon:
             "heartbeat_period_ms": self.cfg.health.heartbeat_period_ms,
             "alive_timeout_ms": max(3 * self.cfg.health.heartbeat_period_ms, 1000.0),
             "rt_priority": self.cfg.line.rt_priority,
+            "trigger": trig.model_dump(mode="json") if trig is not None else None,
         }
 
     def _on_line_message(self, msg: tuple[Any, ...]) -> None:
@@ -277,6 +289,12 @@ class Daemon:
             if late:
                 self.metrics.late_pulses.labels(role).inc()
                 emit(self.log, logging.WARNING, "late_pulse", part_id=part_id, role=role, count=count)
+        elif kind == "trigger":
+            q = getattr(self.camera, "trigger_queue", None)
+            if q is not None:
+                q.put(msg[1:])  # (part seq, trigger time ns, latched encoder count)
+        elif kind == "count" and isinstance(self.encoder, RemoteEncoder):
+            self.encoder.update(msg[1], msg[2])
         elif kind == "error":
             self.metrics.output_errors.labels(msg[1]).inc()
             with self._lock:
@@ -427,12 +445,19 @@ class Daemon:
                 self._stop_capture.wait(backoff)
                 backoff = min(backoff * 2, h.camera_retry_max_s)
                 continue
+            if frame is IDLE:
+                continue
             if frame is None:
                 self._source_done.set()
                 return
             self._admit(frame)
 
     def _admit(self, frame: Frame) -> None:
+        if frame.encoder_count is None and self.encoder is not None:
+            # a free-running camera: the belt position at the capture time
+            c = self.encoder.count_at(frame.t_capture_ns)
+            if c is not None:
+                frame = replace(frame, encoder_count=c)
         self._frames += 1
         self.metrics.frames.labels(frame.source_id).inc()
         if frame.error is not None:

@@ -7,6 +7,8 @@ and tests) and a libgpiod v2 edge-counting input for a real encoder."""
 
 from __future__ import annotations
 
+import bisect
+import collections
 import threading
 import time
 from datetime import timedelta
@@ -40,6 +42,10 @@ class Encoder:
 
     def count(self) -> int:
         raise NotImplementedError
+
+    def count_at(self, t_ns: int) -> int | None:
+        """Count at a past monotonic time (latching a capture), or None if unknown."""
+        return None
 
     def time_of_count(self, count: int) -> int | None:
         """Predicted ``time.monotonic_ns()`` at which ``count`` is reached, or None."""
@@ -93,6 +99,7 @@ class GpiodEncoder(Encoder):
         self._stop = threading.Event()
         self._rate_ticks_per_ns = 0.0
         self._last: tuple[int, int] | None = None  # (count, t_ns) at the last edge
+        self._history: collections.deque[tuple[int, int]] = collections.deque(maxlen=8192)  # (t_ns, count)
 
     def open(self) -> None:
         try:
@@ -131,10 +138,19 @@ class GpiodEncoder(Encoder):
                         r = self._rate_ticks_per_ns
                         self._rate_ticks_per_ns = 0.8 * r + 0.2 * inst if r else inst
                     self._last = (self._count, ev.timestamp_ns)
+                    self._history.append((ev.timestamp_ns, self._count))
 
     def count(self) -> int:
         with self._lock:
             return self._count
+
+    def count_at(self, t_ns: int) -> int | None:
+        """Count after the last edge at or before ``t_ns`` (kernel edge timestamps)."""
+        with self._lock:
+            i = bisect.bisect_right(self._history, (t_ns, 1 << 62)) - 1
+            if i < 0:
+                return 0 if not self._history or len(self._history) < self._history.maxlen else None
+            return self._history[i][1]
 
     def time_of_count(self, count: int) -> int | None:
         with self._lock:
@@ -150,6 +166,41 @@ class GpiodEncoder(Encoder):
         if self._req is not None:
             self._req.release()
             self._req = None
+
+
+class RemoteEncoder(Encoder):
+    """The daemon-side view of an encoder counted in the line process: it streams (time, count)
+    samples every few milliseconds; counts in between are interpolated at the measured speed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._samples: collections.deque[tuple[int, int]] = collections.deque(maxlen=4096)
+
+    def update(self, t_ns: int, count: int) -> None:
+        with self._lock:
+            self._samples.append((t_ns, count))
+
+    def count_at(self, t_ns: int) -> int | None:
+        with self._lock:
+            if not self._samples:
+                return None
+            i = bisect.bisect_right(self._samples, (t_ns, 1 << 62)) - 1
+            if i < 0:
+                return self._samples[0][1]
+            t0, c0 = self._samples[i]
+            if i + 1 < len(self._samples):
+                t1, c1 = self._samples[i + 1]
+            elif i > 0:
+                (t1, c1), (t0, c0) = (t0, c0), self._samples[i - 1]
+            else:
+                return c0
+            if t1 == t0:
+                return c0
+            return int(c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0))
+
+    def count(self) -> int:
+        c = self.count_at(time.monotonic_ns())
+        return 0 if c is None else c
 
 
 def make_encoder(cfg: SimEncoderConfig | GpiodEncoderConfig) -> Encoder:

@@ -11,7 +11,8 @@ daemon's wiring, not a stage): it builds the outputs from their configs, runs th
 Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), ("alive", bool),
 ("set", role, bool), ("encoder_origin", t0_ns), ("stop", drain_timeout_s). Line process → parent: ("ready", notes),
 ("open_error", message), ("fired", part_id, role, t_ns, count, late, merged), ("error", output,
-message), ("edges", {chip: [EdgeRecord...]}), ("closed", stats).
+message), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count), ("edges", {chip:
+[EdgeRecord...]}), ("closed", stats) — all but the first two batched as ("batch", [...]).
 
 Safety: the heartbeat toggles only while the parent reports ``alive`` with a healthy pipeline;
 if the parent dies (pipe closed) every line is driven inactive and the process exits; SIGINT /
@@ -19,7 +20,9 @@ SIGTERM are ignored here so the parent can finish in-flight parts before the lin
 
 from __future__ import annotations
 
+import gc
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -58,17 +61,22 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     notes: list[str] = []
+    opened: list[Any] = []
+    enc = None
     try:
         outputs, enc = _build(spec)
-        opened = []
         for o in outputs:
             o.open()
             opened.append(o)
         if enc is not None and spec["encoder"]["type"] != "sim":
             enc.open()  # a simulated belt is opened when the parent sends its origin
+        loop = _LineLoop(conn, spec, outputs, enc)
+        loop.open_trigger()
     except EdgekitError as exc:
-        for o in locals().get("opened", []):
+        for o in opened:
             o.close()
+        if enc is not None and spec["encoder"]["type"] != "sim":
+            enc.close()
         conn.send(("open_error", str(exc)))
         return
     prio = spec.get("rt_priority")
@@ -79,7 +87,12 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
             notes.append(f"line process not real-time (SCHED_FIFO {prio} refused: {exc}); pulse jitter may "
                          "exceed 1 ms under load: grant CAP_SYS_NICE (systemd: AmbientCapabilities=CAP_SYS_NICE)")
     conn.send(("ready", notes))
-    _LineLoop(conn, spec, outputs, enc).run()
+    # the cyclic garbage collector would stop this process for milliseconds at random moments;
+    # objects made so far are frozen out of it and collections run only in quiet moments
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    loop.run()
 
 
 class _LineLoop:
@@ -98,6 +111,15 @@ class _LineLoop:
         self.out_msgs: list[tuple[Any, ...]] = []
         self.stats = {"pulses": 0, "late": 0, "errors": 0}
         self.enc_ready = enc is not None and spec["encoder"]["type"] != "sim"
+        self.next_gc_ns = 0
+        self.stream_count = self.enc_ready  # a real encoder: stream its count to the daemon
+        self.next_count_ns = 0
+        self.trig = spec.get("trigger")
+        self.trig_seq = 0
+        self.trig_req: Any = None
+        self.next_trig_ns: int | None = None
+        if self.trig is not None and self.trig["type"] == "sim":
+            self.next_trig_ns = time.monotonic_ns() + int(self.trig["period_ms"] * 1e6)
 
     def drive(self, edges: list[Edge]) -> None:
         for e in edges:
@@ -139,6 +161,37 @@ class _LineLoop:
         elif kind == "stop":
             self.stop_at = time.monotonic_ns() + int(msg[1] * 1e9)
 
+    def open_trigger(self) -> None:
+        """Request the hardware trigger line with edge events (libgpiod v2)."""
+        if self.trig is None or self.trig["type"] != "gpiod":
+            return
+        from datetime import timedelta
+
+        import gpiod
+        from gpiod.line import Direction, Edge
+
+        edge = Edge.RISING if self.trig["edge"] == "rising" else Edge.FALLING
+        settings = gpiod.LineSettings(direction=Direction.INPUT, edge_detection=edge,
+                                      active_low=self.trig["active_low"],
+                                      debounce_period=timedelta(microseconds=self.trig["debounce_us"]))
+        try:
+            self.trig_req = gpiod.request_lines(self.trig["chip"], consumer="edgekit-trigger",
+                                                config={self.trig["line"]: settings})
+        except OSError as exc:
+            raise DeviceError(f"trigger: cannot request {self.trig['chip']} line {self.trig['line']} "
+                              f"({exc.strerror or exc}); check source.trigger") from None
+
+    def _emit_trigger(self, t_ns: int) -> None:
+        count = None
+        if self.enc is not None and (self.enc_ready or getattr(self.enc, "t0_ns", None) is not None):
+            count = self.enc.count_at(t_ns)
+        self.out_msgs.append(("trigger", self.trig_seq, t_ns, count))
+        self.trig_seq += 1
+
+    def _read_triggers(self) -> None:
+        for ev in self.trig_req.read_edge_events():
+            self._emit_trigger(ev.timestamp_ns)  # kernel CLOCK_MONOTONIC timestamp of the edge
+
     def flush(self) -> None:
         for o in self.outputs:
             for err in o.pop_errors():
@@ -166,11 +219,21 @@ class _LineLoop:
                     self.hb_state = not self.hb_state
                     self.drive([Edge("heartbeat", self.hb_state, now, None)])
                 self.next_hb = now + self.hb_period_ns
+            if self.next_trig_ns is not None and now >= self.next_trig_ns:
+                self._emit_trigger(self.next_trig_ns)
+                self.next_trig_ns += int(self.trig["period_ms"] * 1e6)
+            if self.stream_count and now >= self.next_count_ns:
+                self.out_msgs.append(("count", now, self.enc.count()))
+                self.next_count_ns = now + 5_000_000
             self.flush()
             busy = len(self.timeline) or any(self.timeline.active(r) for r in ("reject", "review"))
             if parent_gone or (self.stop_at is not None and (not busy or now >= self.stop_at)):
                 break
             wake = [self.next_hb]
+            if self.next_trig_ns is not None:
+                wake.append(self.next_trig_ns)
+            if self.stream_count:
+                wake.append(self.next_count_ns)
             t_next = self.timeline.next_time_ns()
             if t_next is not None:
                 wake.append(t_next)
@@ -180,11 +243,18 @@ class _LineLoop:
                 wake.append(tc if tc is not None else now + 200_000)
             target = min(wake)
             left = target - time.monotonic_ns()
+            if left > 10_000_000 and now >= self.next_gc_ns:  # ≥ 10 ms of nothing to do
+                gc.collect(1)
+                self.next_gc_ns = now + 1_000_000_000
+                left = target - time.monotonic_ns()
             try:
                 if left > _SPIN_NS:
-                    if conn.poll((left - _SPIN_NS) / 1e9):
-                        while conn.poll(0):
-                            self.handle(conn.recv())
+                    fds = [conn] if self.trig_req is None else [conn, self.trig_req.fd]
+                    ready, _, _ = select.select(fds, [], [], (left - _SPIN_NS) / 1e9)
+                    if self.trig_req is not None and self.trig_req.fd in ready:
+                        self._read_triggers()
+                    while conn.poll(0):
+                        self.handle(conn.recv())
                     continue
                 while conn.poll(0):  # do not let messages wait while we approach an edge
                     self.handle(conn.recv())
@@ -209,6 +279,8 @@ class _LineLoop:
                 chips[o.cfg.chip] = chip()
         if self.enc_ready:
             self.enc.close()
+        if self.trig_req is not None:
+            self.trig_req.release()
         self.flush()
         if not parent_gone:
             try:

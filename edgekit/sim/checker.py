@@ -94,6 +94,8 @@ def check_run(truth: list[PartTruth], decisions: dict[int, Any], reject_edges: l
     signed_ms: list[float] = []
     used_edges: set[int] = set()
     e2e: list[float] = []
+    worst: list[tuple[float, int]] = []
+    ids: dict[str, list[int]] = {"missed": [], "false": []}
     for p in sorted(truth, key=lambda t: t.part_id):
         d = decisions.get(p.part_id)
         if p.label == 1:
@@ -111,6 +113,7 @@ def check_run(truth: list[PartTruth], decisions: dict[int, Any], reject_edges: l
             err_ticks.append(abs(count_at(edge) - p.station_count))
             err_ms.append(abs(edge - p.station_ns) / 1e6)
             signed_ms.append((edge - p.station_ns) / 1e6)
+            worst.append((abs(edge - p.station_ns) / 1e6, p.part_id))
         elif rejected:
             c["merged_pulses"] += 1
         if review.edge_near(p.station_ns, half) is not None or review.active_at(p.station_ns):
@@ -124,11 +127,16 @@ def check_run(truth: list[PartTruth], decisions: dict[int, Any], reject_edges: l
             c["correct_rejects"] += 1
         elif rejected:
             c["false_rejects"] += 1
+            ids["false"].append(p.part_id)
         elif p.label == 1 and not (d is not None and d.kind == "review"):
             c["missed_rejects"] += 1
+            ids["missed"].append(p.part_id)
     c["spurious_pulses"] = len([t for t in line.rising if t not in used_edges])
     c["placement_error_ticks"] = _stats(err_ticks, 0)
     c["placement_error_ms"] = _stats(err_ms)
     c["placement_mean_signed_ms"] = round(sum(signed_ms) / len(signed_ms), 4) if signed_ms else None
     c["e2e_latency_ms"] = _stats(e2e)
+    c["worst_placements_ms"] = [(pid, round(ms, 3)) for ms, pid in sorted(worst, reverse=True)[:5]]
+    c["missed_part_ids"] = ids["missed"][:20]
+    c["false_part_ids"] = ids["false"][:20]
     return c

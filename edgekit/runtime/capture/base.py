@@ -23,6 +23,9 @@ CAMERAS: Registry[type[Camera]] = Registry(
 )
 
 
+IDLE = object()  # read() result meaning "nothing yet" (a triggered camera waiting for a part)
+
+
 class Camera:
     """Base class: ``open`` / ``read`` / ``close``.
 
@@ -45,8 +48,9 @@ class Camera:
     def open(self) -> None:
         """Connect to the device; raise DeviceError if it is not there."""
 
-    def read(self) -> Frame | None:
-        """Next frame; None at the end of a finite stream; DeviceError on disconnect."""
+    def read(self) -> Frame | None | object:
+        """Next frame; None at the end of a finite stream; ``IDLE`` when a triggered camera has no
+        part yet (so the capture loop can check for shutdown); DeviceError on disconnect."""
         raise NotImplementedError
 
     def close(self) -> None:
