@@ -31,7 +31,7 @@ class AdaptiveLayerWeights(nn.Module):
         enabled: False gives constant weights 1 (plain RD sum).
     """
 
-    def __init__(self, n_layers: int, momentum: float = 0.99, enabled: bool = True) -> None:
+    def __init__(self, n_layers: int, momentum: float = 0.9, enabled: bool = True) -> None:
         super().__init__()
         self.momentum = float(momentum)
         self.enabled = enabled

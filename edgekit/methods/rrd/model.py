@@ -66,7 +66,7 @@ class RrdConfig(StrictModel):
     sspcab_loss_weight: float = Field(0.1, ge=0.0, le=10.0)
     # adaptive per-layer loss weights w_l ∝ 1 / EMA(L_l), Σ w_l = L; momentum of that EMA
     adaptive_weights: bool = True
-    adaptive_momentum: float = Field(0.99, ge=0.0, lt=1.0)
+    adaptive_momentum: float = Field(0.9, ge=0.0, lt=1.0)
     combine: Literal["sum", "mean"] = "sum"
 
 
