@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from edgekit.config.base import StrictModel, parse_model, read_yaml
 from edgekit.errors import ConfigError
 from edgekit.runtime.backends.ort import OrtBackendConfig
+from edgekit.runtime.backends.trt import TrtBackendConfig
 from edgekit.runtime.capture.files import FolderCameraConfig, VideoCameraConfig
 from edgekit.runtime.capture.opencv import CsiCameraConfig, GstreamerCameraConfig, UsbCameraConfig
 from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig
@@ -29,7 +30,7 @@ SourceConfig = Annotated[
     | SimCameraConfig,
     Field(discriminator="type"),
 ]
-BackendConfig = Annotated[OrtBackendConfig | FaultyBackendConfig, Field(discriminator="type")]
+BackendConfig = Annotated[OrtBackendConfig | TrtBackendConfig | FaultyBackendConfig, Field(discriminator="type")]
 OutputConfig = Annotated[
     FakeGpioOutputConfig | GpiodOutputConfig | JetsonGpioOutputConfig | ModbusOutputConfig,
     Field(discriminator="type"),
