@@ -94,3 +94,12 @@ def test_preview_grid_and_file(tmp_path: Path) -> None:
     msg = write_preview(str(folder), str(out), seed=0, n_images=2, size=32)
     assert out.is_file() and "2 images" in msg
     assert cv2.imread(str(out)).shape == (2 * 32, 4 * 32, 3)
+
+
+def test_texture_on_monochrome_image_stays_grey() -> None:
+    gray = np.repeat(_image(3)[..., :1], 3, axis=2)
+    for seed in range(6):
+        r = synthesize(gray, np.random.default_rng(seed), other=_image(4), kind="texture")
+        assert np.abs(r.image[..., 0] - r.image[..., 1]).max() < 1e-5
+        assert np.abs(r.image[..., 1] - r.image[..., 2]).max() < 1e-5
+        assert np.any(r.image[r.mask] != gray[r.mask])

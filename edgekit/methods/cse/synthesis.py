@@ -5,7 +5,8 @@ Three defect families, drawn with equal probability (as in the CSE paper, Thomin
 * ``texture``: a Perlin-noise-shaped region filled from a foreign texture. The paper fills from
   DTD; edgekit works offline, so the texture comes either from a procedurally generated texture
   (coloured Perlin noise, stripes, checkers, blobs; 2/3 of the time) or from a colour-jittered,
-  rotated crop of another training image of the batch (1/3; needs a second image).
+  rotated crop of another training image of the batch (1/3; needs a second image). On
+  monochrome images (equal RGB channels) the texture is made grey as well.
 * ``structural``: the image cut into a grid of cells that are shuffled and rotated/flipped, shown
   through a Perlin region (breaks the product's own structure with its own pixels).
 * ``blur``: a Gaussian-blurred copy of the image shown through a Perlin region (or an ellipse when
@@ -159,6 +160,11 @@ def structural_source(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return out
 
 
+def _is_gray(img: np.ndarray, tol: float = 2.0 / 255.0) -> bool:
+    """True when the three channels are equal (monochrome camera stored as RGB)."""
+    return bool(np.abs(img[..., 0] - img[..., 1]).max() <= tol and np.abs(img[..., 1] - img[..., 2]).max() <= tol)
+
+
 def synthesize(
     image: np.ndarray, rng: np.random.Generator, other: np.ndarray | None = None, kind: str | None = None
 ) -> SynthesisResult:
@@ -182,6 +188,10 @@ def synthesize(
     if kind == "texture":
         use_other = other is not None and rng.uniform() < 1.0 / 3.0
         src = _foreign_crop(np.asarray(other, np.float32), rng) if use_other else procedural_texture(h, w, rng)
+        if _is_gray(img):
+            # a monochrome camera never sees colour: a coloured patch would teach the embedder
+            # "colour = defect", which no real defect on that line satisfies
+            src = np.repeat(src.mean(axis=2, keepdims=True), 3, axis=2)
         # opacity below 1 keeps some of the product visible through the defect (as DRAEM/CSE do)
         beta = float(rng.uniform(0.5, 1.0))
         src = beta * src + (1.0 - beta) * img
