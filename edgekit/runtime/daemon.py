@@ -263,6 +263,8 @@ class Daemon:
         self._spawn("line", self._line_loop)
         self._spawn("infer", self._infer_loop)
         self._spawn("capture", self._capture_loop)
+        band = self.pipeline.decider.band
+        self.line.set_band(band.accept_edge, band.reject_edge)
         self.line.set_line("ready", True)
         self._started = True
 
@@ -612,11 +614,15 @@ class Daemon:
                 new = self.build_pipeline(path)
             except EdgekitError as exc:
                 self.metrics.bundle_swaps.labels("refused").inc()
+                if self.line is not None:
+                    self.line.set_fault(5)  # docs/plc.md FAULT_CODE 5: bundle refused
                 emit(self.log, logging.ERROR, "bundle_refused", bundle=str(path), error=str(exc))
                 self._events_note("bundle_refused", f"{path}: {exc}")
                 return False
             old = self.pipeline
             self.pipeline = new
+            if self.line is not None:
+                self.line.set_band(new.decider.band.accept_edge, new.decider.band.reject_edge)
             self.metrics.bundle_swaps.labels("ok").inc()
             emit(self.log, logging.INFO, "bundle_swapped", bundle=str(path), bundle_id=new.bundle.bundle_id,
                  old_bundle_id=old.bundle.bundle_id if old else None)

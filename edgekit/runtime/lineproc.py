@@ -9,7 +9,8 @@ daemon's wiring, not a stage): it builds the outputs from their configs, runs th
 ``PulseTimeline`` against the monotonic clock / encoder and reports every fired pulse back.
 
 Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), ("alive", bool),
-("set", role, bool), ("encoder_origin", t0_ns), ("stop", drain_timeout_s). Line process → parent: ("ready", notes),
+("set", role, bool), ("band", accept_edge, reject_edge), ("fault", code), ("encoder_origin", t0_ns),
+("stop", drain_timeout_s). Line process → parent: ("ready", notes),
 ("open_error", message), ("fired", part_id, role, t_ns, count, late, merged), ("error", output,
 message), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count), ("edges", {chip:
 [EdgeRecord...]}), ("closed", stats) — all but the first two batched as ("batch", [...]).
@@ -155,6 +156,12 @@ class _LineLoop:
             self.healthy = bool(msg[1])
         elif kind == "set":
             self.drive([Edge(msg[1], bool(msg[2]), time.monotonic_ns(), None)])
+        elif kind == "band":
+            for o in self.outputs:
+                o.set_band(msg[1], msg[2])
+        elif kind == "fault":
+            for o in self.outputs:
+                o.set_fault(msg[1])
         elif kind == "encoder_origin":
             self.enc.t0_ns = msg[1]  # the simulated belt of the parent's camera
             self.enc_ready = True
@@ -388,6 +395,12 @@ class LineProcess:
     def set_encoder_origin(self, t0_ns: int) -> None:
         """Share the simulated belt's origin (monotonic ns) with the line process."""
         self._send(("encoder_origin", t0_ns))
+
+    def set_band(self, accept_edge: float, reject_edge: float) -> None:
+        self._send(("band", accept_edge, reject_edge))
+
+    def set_fault(self, code: int) -> None:
+        self._send(("fault", code))
 
     def alive(self, healthy: bool) -> None:
         self._send(("alive", healthy))

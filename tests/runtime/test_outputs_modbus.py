@@ -9,7 +9,14 @@ import time
 import pytest
 from rt_helpers import PlcProcess, PlcServer
 
-from edgekit.runtime.outputs.modbus import ACK_TIMEOUT, FAULT, READY, ModbusOutput, ModbusOutputConfig
+from edgekit.runtime.outputs.modbus import (
+    ACK_TIMEOUT,
+    FAULT,
+    READY,
+    REVIEW_ENABLED,
+    ModbusOutput,
+    ModbusOutputConfig,
+)
 
 
 def _wait(pred, timeout_s: float = 5.0) -> bool:
@@ -35,14 +42,15 @@ def _decision(pid: int, kind: str = "reject", score: float = 0.75, failsafe: str
 
 
 def test_result_block_and_ack_handshake(plc) -> None:
-    out = ModbusOutput(ModbusOutputConfig(host="127.0.0.1", port=plc.port, reject_edge=0.5, ack_timeout_ms=2000))
+    out = ModbusOutput(ModbusOutputConfig(host="127.0.0.1", port=plc.port, ack_timeout_ms=2000))
     out.open()
     try:
+        out.set_band(0.4, 0.5)  # the daemon passes the bundle's band: permille relative to 0.5
         out.set_line("ready", True)
         out.publish_dict(_decision(70000))
         assert _wait(lambda: plc.hr(2)[0] == 1)
         a = plc.hr(0, 16)
-        assert a[1] & READY and a[2] == 1
+        assert a[1] & READY and a[1] & REVIEW_ENABLED and a[2] == 1
         assert (a[3] << 16 | a[4]) == 70000 and a[5] == 2
         assert abs(struct.unpack(">f", struct.pack(">HH", a[6], a[7]))[0] - 0.75) < 1e-6
         assert a[8] == 1500 and 6 <= a[9] <= 9 and (a[10] << 16 | a[11]) == 123456

@@ -51,6 +51,12 @@ class Output:
     def publish_dict(self, decision: dict[str, Any]) -> None:
         """Report one decision (PLC registers); GPIO outputs ignore it."""
 
+    def set_band(self, accept_edge: float, reject_edge: float) -> None:
+        """The decision band in use (outputs that report scores relative to it)."""
+
+    def set_fault(self, code: int) -> None:
+        """A station fault to report (PLC FAULT_CODE, docs/plc.md); GPIO outputs ignore it."""
+
     def healthy(self) -> bool:
         return True
 

@@ -54,11 +54,11 @@ class ModbusOutputConfig(StrictModel):
     timeout_s: float = Field(1.0, gt=0, le=30)
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(5.0, gt=0)
-    reject_edge: float | None = None  # for SCORE_PERMILLE; None: permille of 1.0
-    review_enabled: bool = False  # STATUS.REVIEW_ENABLED (the band has a review zone)
+    reject_edge: float | None = None  # for SCORE_PERMILLE; None: the bundle's (or overridden) band
     reject_coil: int | None = Field(None, ge=0)  # optional coil mirroring the reject line
     heartbeat_coil: int | None = Field(None, ge=0)
-    plc_heartbeat_fault: bool = False  # set FAULT when PLC_HEARTBEAT stops changing
+    plc_heartbeat_fault: bool = False  # set STATUS.FAULT when PLC_HEARTBEAT stops changing
+    plc_heartbeat_timeout_ms: float = Field(1500.0, gt=0)  # 3 × the PLC's 500 ms heartbeat
     required: bool = False  # refuse to start when the PLC is unreachable (else keep retrying)
 
 
@@ -95,7 +95,9 @@ class ModbusOutput(Output):
         self._lock = threading.Lock()
         # block A state
         self.heartbeat = 0
-        self.status = REVIEW_ENABLED if cfg.review_enabled else 0
+        self.status = 0
+        self.band_reject_edge = 1.0
+        self._plc_link_lost = False
         self.result_seq = 0
         self.fault_code = 0
         self.reject_count = 0
@@ -179,6 +181,18 @@ class ModbusOutput(Output):
         elif role == "reject" and self.cfg.reject_coil is not None:
             self._put(("coil", self.cfg.reject_coil, active))
 
+    def set_band(self, accept_edge: float, reject_edge: float) -> None:
+        with self._lock:
+            self.band_reject_edge = reject_edge if reject_edge > 0 else 1.0
+            self.status = (self.status | REVIEW_ENABLED) if accept_edge < reject_edge else (self.status & ~REVIEW_ENABLED)
+        self._put(("write_a",))
+
+    def set_fault(self, code: int) -> None:
+        with self._lock:
+            self.fault_code = int(code)
+            self.status |= FAULT
+        self._put(("write_a",))
+
     def publish_dict(self, d: dict[str, Any]) -> None:
         with self._lock:
             self.result_seq = self.result_seq % 65535 + 1  # wraps 65535 → 1 (0 = no result yet)
@@ -186,7 +200,7 @@ class ModbusOutput(Output):
             code = FAILSAFE_CODE if (d.get("failsafe") and kind == "reject") else DECISION_CODES.get(kind, 0)
             score = d.get("score")
             score = float(score) if score is not None and score == score else 0.0
-            edge = self.cfg.reject_edge or 1.0
+            edge = self.cfg.reject_edge or self.band_reject_edge or 1.0
             latency_ms = (d.get("t_decided_ns", time.monotonic_ns()) - d.get("t_capture_ns", time.monotonic_ns())) / 1e6
             part_id = self.plc_part_id or d["part_id"]
             self.result = [*_u32(part_id), code, *_f32(score), _clip16(score / edge * 1000),
@@ -257,7 +271,12 @@ class ModbusOutput(Output):
                     self.acks_missed += 1
                     self.status |= ACK_TIMEOUT
                     self._errors.append(f"PLC did not acknowledge result {seq} within {self.cfg.ack_timeout_ms} ms")
-            if self.cfg.plc_heartbeat_fault and now - self.plc_heartbeat_changed_ns > 3 * 500_000_000:
+            lost = now - self.plc_heartbeat_changed_ns > self.cfg.plc_heartbeat_timeout_ms * 1e6
+            if lost and not self._plc_link_lost:
+                self._errors.append(f"PLC heartbeat unchanged for {self.cfg.plc_heartbeat_timeout_ms:.0f} ms: "
+                                    "PLC link lost (inspection and GPIO rejects continue)")
+            self._plc_link_lost = lost
+            if lost and self.cfg.plc_heartbeat_fault:
                 self.status |= FAULT
             changed = self.status != status_before
         if changed:
