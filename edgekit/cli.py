@@ -156,12 +156,73 @@ def calibrate(model_dir: str, data_dir: str, frr: float, confidence: float, meth
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--target", type=click.Choice(["cpu", "jetson"]), default="cpu", show_default=True)
 @click.option("--out", "bundle_dir", type=click.Path(file_okay=False), default=None, help="Bundle directory.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Comma list of fp32,fp16,int8 (fp32 is always built: it is the reference).")
+@click.option("--calib-data", type=click.Path(file_okay=False), default=None,
+              help="Good images for INT8 calibration (default: the run's training images).")
+@click.option("--eval-data", type=click.Path(file_okay=False), default=None,
+              help="Labelled dataset (test/good, test/<defect>) for the AUROC accuracy gate.")
+@click.option("--allow-degraded", is_flag=True, help="Keep a precision that fails the accuracy gate (warned, recorded).")
+@click.option("--engine-only", is_flag=True, help="MODEL_DIR is a bundle: build its TensorRT engines on this device.")
+@click.option("--archive", is_flag=True, help="Also write a single-file BUNDLE.edgekit archive.")
 @_handle_errors
-def build(model_dir: str, target: str, bundle_dir: str | None) -> None:
-    """Compile a RUN_DIR into a bundle (ONNX with scoring fused, manifest, hashes)."""
+def build(model_dir: str, target: str, bundle_dir: str | None, precision: str, calib_data: str | None,
+          eval_data: str | None, allow_degraded: bool, engine_only: bool, archive: bool) -> None:
+    """Compile a RUN_DIR into a bundle (ONNX with scoring fused, FP16/INT8, manifest, hashes)."""
     from edgekit.compile.build import build_cli
 
-    build_cli(model_dir, target=target, bundle_dir=bundle_dir)
+    build_cli(model_dir, target=target, bundle_dir=bundle_dir, precision=precision, calib_data=calib_data,
+              eval_data=eval_data, allow_degraded=allow_degraded, engine_only=engine_only, archive=archive)
+
+
+@main.command()
+@click.argument("bundle_dir", type=click.Path(exists=True))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="A dataset with test/ (labelled: AUROC) or a folder of images.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--max-images", type=click.IntRange(min=2), default=None, help="Seeded subset of the images.")
+@click.option("--no-torch", is_flag=True, help="Compare against the FP32 ONNX model even when the run is here.")
+@_handle_errors
+def verify(bundle_dir: str, data_dir: str, as_json: bool, max_images: int | None, no_torch: bool) -> None:
+    """Score DATA with every precision/backend in BUNDLE_DIR against the torch checkpoint (or FP32 ONNX)."""
+    import json
+
+    from edgekit.compile.parity import format_verify, verify_bundle
+
+    result = verify_bundle(bundle_dir, data_dir, max_images=max_images, use_torch=not no_torch)
+    click.echo(json.dumps(result, indent=2) if as_json else format_verify(result))
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Intra-op threads.")
+@click.option("--batch", "batches", default="1", show_default=True, help="Comma list of batch sizes (tiles).")
+@click.option("--precision", "precisions", default=None, help="Only these precisions (comma list).")
+@click.option("--rounds", type=click.IntRange(min=1), default=6, show_default=True, help="Interleaved rounds.")
+@click.option("--iters", type=click.IntRange(min=1), default=5, show_default=True, help="Runs per candidate per round.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--no-torch", is_flag=True, help="Skip torch eager.")
+@_handle_errors
+def bench(target: str, as_json: bool, threads: int, batches: str, precisions: str | None, rounds: int, iters: int,
+          warmup: int, no_torch: bool) -> None:
+    """Latency (median/p99) and throughput of every backend/precision of a RUN_DIR or BUNDLE_DIR, side by side."""
+    import json
+
+    from edgekit.compile.bench import bench as run_bench
+    from edgekit.compile.bench import format_table
+    from edgekit.errors import ConfigError
+
+    try:
+        sizes = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"--batch {batches!r}: give a comma list of integers, e.g. 1,4") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--batch {batches!r}: batch sizes must be >= 1")
+    precs = [p.strip() for p in precisions.split(",")] if precisions else None
+    result = run_bench(target, threads=threads, batches=sizes, precisions=precs, warmup=warmup, rounds=rounds,
+                       iters_per_round=iters, with_torch=not no_torch)
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
 @main.command()

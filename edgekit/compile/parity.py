@@ -200,3 +200,95 @@ def accuracy_gate(results: dict[str, dict[str, Any]], ref_auroc: float | None, t
                 raise BundleError(f"{msg}; drop {key} from --precision, or pass --allow-degraded to keep it anyway")
             warnings.append(msg + "; kept because of --allow-degraded")
     return warnings
+
+
+class TorchRunModel:
+    """The training checkpoint in torch (the reference when it is available)."""
+
+    def __init__(self, run_dir: str | Path, batch: int = 8) -> None:
+        from edgekit.train import load_run
+
+        self.run = load_run(run_dir, "cpu")
+        self.batch = batch
+
+    def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        import torch
+
+        from edgekit.train import score_tiles_torch
+
+        return score_tiles_torch(self.run.model, tiles, self.run.spec, self.batch, torch.device("cpu"))[1]
+
+
+class EngineModel:
+    """A bundle's TensorRT engine through the runtime backend (needs tensorrt + a GPU)."""
+
+    def __init__(self, bundle: Any, key: str) -> None:
+        from edgekit.runtime.backends.tensorrt import TensorRTBackend, TensorRTBackendConfig
+
+        self.backend = TensorRTBackend(TensorRTBackendConfig(precision=bundle.models[key]["precision"]))
+        self.backend.load(bundle)
+
+    def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.backend.run_tiles(tiles[i : i + 1])[1] for i in range(len(tiles))])
+
+
+def verify_bundle(bundle_dir: str | Path, data_dir: str | Path, max_images: int | None = None,
+                  use_torch: bool = True, threads: int = 0) -> dict[str, Any]:
+    """Score ``data_dir`` with every model of the bundle and compare with the reference.
+
+    Reference: the torch checkpoint when the run named in the manifest is here and torch
+    imports, else the FP32 ONNX model. Returns {"reference", "models": {key: compare(...)},
+    "skipped": [...], ...}."""
+    import importlib.util
+
+    from edgekit.bundle.io import load_bundle
+    from edgekit.evaluate.metrics import image_auroc
+
+    bundle = load_bundle(bundle_dir)
+    es = eval_set_from_dir(data_dir, bundle.preprocess, max_images)
+    skipped: list[str] = []
+    run_path = Path(bundle.manifest.get("run", {}).get("path") or "/nonexistent")
+    ref_name = "onnx-fp32"
+    ref_model: Any = None
+    if use_torch and importlib.util.find_spec("torch") is not None and (run_path / "run.json").is_file():
+        ref_model, ref_name = TorchRunModel(run_path), "torch"
+    elif use_torch:
+        skipped.append("torch: the training run named in the manifest is not here or torch is missing; "
+                       "reference is the FP32 ONNX model")
+    if ref_model is None:
+        ref_model = OnnxModel(bundle.model_path("fp32"), threads)
+    ref = es.image_scores(ref_model.score_tiles(es.tiles))
+    results: dict[str, Any] = {}
+    for key, entry in bundle.models.items():
+        if ref_name == "onnx-fp32" and key == "fp32":
+            continue
+        if entry.get("kind") == "onnx":
+            model: Any = OnnxModel(bundle.model_path(key), threads)
+        elif entry.get("kind") == "tensorrt":
+            if importlib.util.find_spec("tensorrt") is None:
+                skipped.append(f"{key}: tensorrt is not installed here (run verify on the device)")
+                continue
+            model = EngineModel(bundle, key)
+        else:
+            skipped.append(f"{key}: unknown model kind {entry.get('kind')!r}")
+            continue
+        results[key] = compare(ref, es.image_scores(model.score_tiles(es.tiles)), es.labels, bundle.thresholds)
+    return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "data": es.source, "n_images": es.n_images,
+            "n_tiles": int(len(es.tiles)), "labelled": es.labels is not None, "reference": ref_name,
+            "reference_auroc": image_auroc(es.labels, ref) if es.labels is not None else None,
+            "band": {k: bundle.thresholds.get(k) for k in ("accept_edge", "reject_edge")},
+            "models": results, "skipped": skipped}
+
+
+def format_verify(result: dict[str, Any]) -> str:
+    """Human-readable table of ``verify_bundle`` output."""
+    ra = result["reference_auroc"]
+    lines = [f"{result['bundle']} on {result['n_images']} images ({result['data']}); reference {result['reference']}"
+             + (f" AUROC {ra * 100:.2f}" if ra is not None else ""),
+             f"{'model':<12}{'max abs diff':>14}{'max rel diff':>14}{'spearman':>10}{'AUROC':>8}{'flips':>7}"]
+    for key, r in result["models"].items():
+        auroc = f"{r['auroc'] * 100:.2f}" if r.get("auroc") is not None else "-"
+        lines.append(f"{key:<12}{r['max_abs_diff']:>14.3g}{r['max_rel_diff']:>14.3g}{r['spearman']:>10.4f}{auroc:>8}"
+                     f"{r.get('decision_flips', '-'):>7}")
+    lines.extend(f"skipped {s}" for s in result["skipped"])
+    return "\n".join(lines)
