@@ -1,5 +1,5 @@
 """`edgekit demo`: the whole chain on built-in synthetic data, end to end:
-synthesize fabric → train rd-lite0 → evaluate → build a cpu bundle → replay the test images
+synthesize fabric → train rd-lite0 → build a cpu bundle → evaluate it → replay the test images
 through the daemon on a simulated line with a fake GPIO chip → print decisions and metrics."""
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ def run_demo(out_dir: str | Path, epochs: int | None = None, n_parts: int = 200)
     train_run(_recipe_path(), data, run, epochs=epochs if epochs is not None else 6, resume=True)
     print(f"({time.perf_counter() - t:.1f} s)")
 
-    t = _step("3/5 evaluate on the test split")
-    metrics = evaluate_cli(str(run), str(data), json_path=str(out / "eval.json"), report_path=str(out / "report.html"))
+    t = _step("3/5 build a cpu bundle (ONNX with preprocessing + scoring fused, manifest, sha256)")
+    build_bundle(run, bundle, target="cpu")
     print(f"({time.perf_counter() - t:.1f} s)")
 
-    t = _step("4/5 build a cpu bundle (ONNX with preprocessing + scoring fused, manifest, sha256)")
-    build_bundle(run, bundle, target="cpu")
+    t = _step("4/5 evaluate the bundle (onnxruntime, as on the device) on the test split")
+    metrics = evaluate_cli(str(bundle), str(data), json_path=str(out / "eval.json"), report_path=str(out / "report.html"))
     print(f"({time.perf_counter() - t:.1f} s)")
 
     t = _step(f"5/5 simulated line: {n_parts} parts through the daemon, fake GPIO reject line")
@@ -61,7 +61,7 @@ def run_demo(out_dir: str | Path, epochs: int | None = None, n_parts: int = 200)
     print(f"({time.perf_counter() - t:.1f} s)")
 
     print("\n=== summary")
-    print(f"image AUROC (torch, test split): {metrics['image_auroc']:.4f}")
+    print(f"image AUROC (bundle in onnxruntime, test split): {metrics['image_auroc']:.4f}")
     if metrics.get("pixel_auroc") is not None:
         print(f"pixel AUROC: {metrics['pixel_auroc']:.4f}")
     for line in sim.get("lines", []):
