@@ -159,6 +159,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.notes: list[str] = []
         self._frames_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.queues.frames)
+        self._slot = threading.Semaphore(1)  # unpaced replay: one frame in inference at a time
         self._events_q: queue.Queue[Any] = queue.Queue(maxsize=cfg.queues.events)
         self._line_cv = threading.Condition()
         self._stop_capture = threading.Event()
@@ -173,6 +174,7 @@ class Daemon:
         self._pulses: Counter[str] = Counter()
         self._output_errors: Counter[str] = Counter()
         self._late_pulses = 0
+        self._late_commands = 0
         self._frames = 0
         self._frames_missed = 0
         self._reconnects = 0
@@ -182,6 +184,7 @@ class Daemon:
         self.metrics_port: int | None = None
         self.fatal: BaseException | None = None
         self._started = False
+        self._unpaced = False
         self._swap_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
@@ -257,6 +260,7 @@ class Daemon:
              band_source=band.source, source=self.camera.name, mode=self.cfg.scheduler.mode,
              events=str(self.event_log.path), metrics_port=self.metrics_port, line_pid=self.line.pid,
              config=self.cfg.model_dump(mode="json"))
+        self._unpaced = not (self.camera.nominal_fps or self.camera.triggered)
         self._last_progress_ns = time.monotonic_ns()
         self._spawn("events", self._events_loop)
         self._spawn("line-rx", self.line.receive_loop)
@@ -283,14 +287,16 @@ class Daemon:
     def _on_line_message(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "fired":
-            _, part_id, role, t_ns, count, late, merged = msg
+            _, part_id, role, t_ns, count, late, merged, late_cmd = msg
             with self._lock:
                 self._pulses[role] += 1
                 self._late_pulses += int(late)
+                self._late_commands += int(late and late_cmd)
             self.metrics.pulses.labels(role).inc()
             if late:
                 self.metrics.late_pulses.labels(role).inc()
-                emit(self.log, logging.WARNING, "late_pulse", part_id=part_id, role=role, count=count)
+                emit(self.log, logging.WARNING, "late_pulse", part_id=part_id, role=role, count=count,
+                     cause="decision after target" if late_cmd else "line process late")
         elif kind == "trigger":
             q = getattr(self.camera, "trigger_queue", None)
             if q is not None:
@@ -412,13 +418,13 @@ class Daemon:
         backoff = h.camera_retry_initial_s
         is_open = True
         down_since: int | None = None
-        paced = bool(cam.nominal_fps) or cam.triggered
+        paced = not self._unpaced
         while not self._stop_capture.is_set():
             if not paced:
                 # unpaced replay: read the next frame only when inference is free, so the
                 # deadline measures processing, not time spent waiting in our own queue
-                while self._frames_q.qsize() > 0 and not self._stop_capture.is_set():
-                    time.sleep(0.0005)
+                if not self._slot.acquire(timeout=0.1):
+                    continue
             try:
                 if not is_open:
                     cam.open()
@@ -436,6 +442,8 @@ class Daemon:
                     backoff = h.camera_retry_initial_s
                 frame = cam.read()
             except DeviceError as exc:
+                if not paced:
+                    self._slot.release()
                 if down_since is None:
                     down_since = time.monotonic_ns()
                     emit(self.log, logging.ERROR, "camera_down", source=cam.name, error=str(exc))
@@ -453,6 +461,8 @@ class Daemon:
                 self._source_done.set()
                 return
             self._admit(frame)
+            if not paced and frame.error is not None:
+                self._slot.release()  # decided without inference
 
     def _admit(self, frame: Frame) -> None:
         if frame.encoder_count is None and self.encoder is not None:
@@ -481,6 +491,7 @@ class Daemon:
             if frame is _STOP:
                 return
             if not self.tracker.is_pending(frame.part_id):
+                self._free_slot()
                 continue  # already decided by its deadline: do not spend time on it
             pipe = self.pipeline
             assert pipe is not None
@@ -496,10 +507,15 @@ class Daemon:
                 decision = pipe.decider.failsafe(frame, "backend_error", model_id=pipe.backend.model_id)
                 emit(self.log, logging.ERROR, "backend_error", part_id=frame.part_id, error=repr(exc))
             self._last_progress_ns = time.monotonic_ns()
+            self._free_slot()
             if self.tracker.take(frame.part_id) is None:
                 self.metrics.failsafe.labels("late_result_discarded").inc()
                 continue
             self._dispatch(decision)
+
+    def _free_slot(self) -> None:
+        if self._unpaced:
+            self._slot.release()
 
     def _decide_failsafe(self, frame: Frame, reason: str) -> None:
         pipe = self.pipeline
@@ -663,6 +679,7 @@ class Daemon:
                 "rejects_fired": self._pulses.get("reject", 0),
                 "reviews_fired": self._pulses.get("review", 0),
                 "late_pulses": self._late_pulses,
+                "late_pulses_decision_after_target": self._late_commands,
                 "frames_missed": self._frames_missed,
                 "camera_reconnects": self._reconnects,
                 "output_errors": dict(self._output_errors),

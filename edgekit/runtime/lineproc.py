@@ -11,7 +11,7 @@ daemon's wiring, not a stage): it builds the outputs from their configs, runs th
 Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), ("alive", bool),
 ("set", role, bool), ("band", accept_edge, reject_edge), ("fault", code), ("encoder_origin", t0_ns),
 ("stop", drain_timeout_s). Line process → parent: ("ready", notes),
-("open_error", message), ("fired", part_id, role, t_ns, count, late, merged), ("error", output,
+("open_error", message), ("fired", part_id, role, t_ns, count, late, merged, late_command), ("error", output,
 message), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count), ("edges", {chip:
 [EdgeRecord...]}), ("closed", stats) — all but the first two batched as ("batch", [...]).
 
@@ -113,6 +113,7 @@ class _LineLoop:
         self.stats = {"pulses": 0, "late": 0, "errors": 0}
         self.enc_ready = enc is not None and spec["encoder"]["type"] != "sim"
         self.next_gc_ns = 0
+        self.late_cmds: set[int] = set()
         self.stream_count = self.enc_ready  # a real encoder: stream its count to the daemon
         self.next_count_ns = 0
         self.trig = spec.get("trigger")
@@ -130,7 +131,9 @@ class _LineLoop:
                     (c.at_count is not None and e.count is not None and e.count > c.at_count)
                 self.stats["pulses"] += 1
                 self.stats["late"] += int(late)
-                self.out_msgs.append(("fired", c.part_id, c.role, e.t_ns, e.count, late, e.merged))
+                late_cmd = c.part_id in self.late_cmds
+                self.late_cmds.discard(c.part_id)
+                self.out_msgs.append(("fired", c.part_id, c.role, e.t_ns, e.count, late, e.merged, late_cmd))
                 if e.merged:
                     continue
             for o in self.outputs:
@@ -143,7 +146,13 @@ class _LineLoop:
     def handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "pulse":
-            self.timeline.add(msg[1])
+            c = msg[1]
+            now = time.monotonic_ns()
+            count = self.enc.count() if self.enc_ready else None
+            if (c.at_ns is not None and c.at_ns < now) or (c.at_count is not None and count is not None
+                                                              and c.at_count < count):
+                self.late_cmds.add(c.part_id)  # the decision came after its target: not our lateness
+            self.timeline.add(c)
         elif kind == "publish":
             for o in self.outputs:
                 try:
