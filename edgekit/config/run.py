@@ -72,6 +72,7 @@ class EventsConfig(StrictModel):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     max_rows: int | None = Field(5_000_000, ge=100)
     max_age_days: float | None = Field(90.0, gt=0)
+    max_mb: float | None = Field(2048.0, gt=0)  # pages in use; oldest rows deleted beyond it
     batch_ms: float = Field(20.0, ge=0, le=5000)  # group-commit window
 
 

@@ -153,7 +153,8 @@ class Daemon:
         self.scheduler = RejectScheduler(s.mode, s.distance_counts, s.delay_ms, s.pulse_ms, s.review_pulse_ms)
         self.line: LineProcess | None = None
         self.tracker = PartTracker()
-        self.event_log = EventLog(cfg.events.path, cfg.events.synchronous, cfg.events.max_rows, cfg.events.max_age_days)
+        ev = cfg.events
+        self.event_log = EventLog(ev.path, ev.synchronous, ev.max_rows, ev.max_age_days, max_mb=ev.max_mb)
         self.archive = Archive(cfg.archive) if cfg.archive.enabled else None
         self.on_decision = on_decision
         self.pipeline: Pipeline | None = None

@@ -9,8 +9,9 @@ power cut). The cost is one fsync per commit; rows are written by a dedicated th
 commits (one transaction per batch of queued decisions), so the fsync never sits in the
 per-frame path and the rate of fsyncs is bounded by the batch interval, not the frame rate.
 
-Retention: rows older than ``max_age_days`` and beyond ``max_rows`` are deleted oldest first
-(checked every ``retention_every`` commits, not per frame), so the database stays bounded."""
+Retention: rows older than ``max_age_days``, beyond ``max_rows``, or while the pages in use
+exceed ``max_mb`` are deleted oldest first (checked every ``retention_every`` commits, not per
+frame). Freed pages are reused by SQLite, so the file stops growing at the limit."""
 
 from __future__ import annotations
 
@@ -93,12 +94,13 @@ class EventLog:
 
     def __init__(self, path: str | Path, synchronous: Literal["FULL", "NORMAL"] = "FULL",
                  max_rows: int | None = 5_000_000, max_age_days: float | None = 90.0,
-                 retention_every: int = 500) -> None:
+                 retention_every: int = 500, max_mb: float | None = None) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.max_rows = max_rows
         self.max_age_days = max_age_days
         self.retention_every = retention_every
+        self.max_mb = max_mb
         self._conn: sqlite3.Connection | None = None
         self._commits = 0
 
@@ -108,6 +110,7 @@ class EventLog:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA journal_size_limit=8388608")  # WAL truncated to ≤ 8 MB after checkpoints
             conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise DeviceError(f"{self.path}: cannot open the event log ({exc}); check the path and free disk space") from None
@@ -155,7 +158,26 @@ class EventLog:
         if self.max_rows is not None:
             cur = c.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (self.max_rows,))
             deleted += cur.rowcount
+        if self.max_mb is not None:
+            for _ in range(50):
+                used = self.used_bytes()
+                if used <= self.max_mb * 1024 * 1024:
+                    break
+                n = c.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+                if n == 0:
+                    break
+                cur = c.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)",
+                                (max(1, n // 20),))  # oldest 5 % per step
+                deleted += cur.rowcount
         return deleted
+
+    def used_bytes(self) -> int:
+        """Bytes in pages holding data (file size minus reusable free pages)."""
+        c = self.conn
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        count = c.execute("PRAGMA page_count").fetchone()[0]
+        free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        return (count - free) * page
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -49,3 +49,17 @@ def test_age_retention(tmp_path) -> None:
     log.close()
     assert [r["part_id"] for r in read_events(tmp_path / "ev.db")] == [1]
     assert sqlite3.connect(tmp_path / "ev.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_size_retention_keeps_pages_in_use_under_limit(tmp_path) -> None:
+    log = EventLog(tmp_path / "ev.db", "NORMAL", max_rows=None, max_age_days=None, retention_every=1, max_mb=0.25)
+    log.open()
+    for i in range(0, 6000, 200):
+        log.write([decision_row("r", _d(j)) for j in range(i, i + 200)])
+    assert log.used_bytes() <= 0.25 * 1024 * 1024
+    log.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    size_now = (tmp_path / "ev.db").stat().st_size  # the WAL is bounded by journal_size_limit
+    log.close()
+    ids = [r["part_id"] for r in read_events(tmp_path / "ev.db")]
+    assert ids[-1] == 5999 and ids[0] > 0 and ids == sorted(ids)
+    assert size_now < 1024 * 1024
