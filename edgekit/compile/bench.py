@@ -57,12 +57,15 @@ def _torch_candidate(run_dir: Path, threads: int) -> Candidate:
 
 
 def _trt_candidate(bundle: Any, key: str) -> Candidate:
-    from edgekit.runtime.backends.tensorrt import TensorRTBackend, TensorRTBackendConfig
+    """A TensorRT engine through the runtime's backend (the same code path as the line)."""
+    from edgekit.runtime.backends.trt import TrtBackend, TrtBackendConfig
+    from edgekit.runtime.types import Batch, Frame
 
-    backend = TensorRTBackend(TensorRTBackendConfig(precision=bundle.models[key]["precision"]))
+    precision = bundle.models[key]["precision"]
+    backend = TrtBackend(TrtBackendConfig(precision=precision))
     backend.load(bundle)
-    return Candidate(f"tensorrt-{bundle.models[key]['precision']}", "tensorrt", bundle.models[key]["precision"],
-                     backend.run_tiles)
+    frame = Frame(part_id=0, source_id="bench", t_capture_ns=0, image=None)
+    return Candidate(f"tensorrt-{precision}", "tensorrt", precision, lambda t: backend.infer(Batch(frame, t, {})))
 
 
 def candidates_for(target: str | Path, threads: int, precisions: Sequence[str] | None = None,

@@ -148,7 +148,7 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
                  precisions: Sequence[str] = ("fp32",), calib_data: str | Path | None = None,
                  eval_data: str | Path | None = None, allow_degraded: bool = False, archive: bool = False,
                  calib_max_tiles: int = 96, eval_max_images: int | None = None, int8_exclude_stem: bool = False,
-                 trt: Any = None) -> Path:
+                 trt: Any = None, cudart: Any = None) -> Path:
     """Compile a run into a bundle directory (replaced atomically if it exists).
 
     Args:
@@ -159,7 +159,8 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
         allow_degraded: keep a precision whose AUROC drops more than the recipe's tolerance
             (warned and recorded in the manifest) instead of refusing the build.
         archive: also write ``<bundle_dir>.edgekit`` (single-file tar, manifest first).
-        trt: tensorrt module for ``--target jetson`` on the device (tests pass a fake).
+        trt / cudart: tensorrt and cuda-python runtime modules for ``--target jetson`` on the
+            device (default: imported there; tests pass fakes).
     Returns: the bundle directory."""
     from edgekit.train import load_run
 
@@ -174,7 +175,7 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
     tmp.mkdir(parents=True)
     try:
         manifest = _build_into(run, Path(run_dir), tmp, out, target, keys, calib_data, eval_data, allow_degraded,
-                               calib_max_tiles, eval_max_images, int8_exclude_stem, trt, quiet, cal)
+                               calib_max_tiles, eval_max_images, int8_exclude_stem, trt, cudart, quiet, cal)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a refused build leaves no half bundle behind
         raise
@@ -199,7 +200,7 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
 
 def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys: list[str], calib_data: Any,
                 eval_data: Any, allow_degraded: bool, calib_max_tiles: int, eval_max_images: int | None,
-                int8_exclude_stem: bool, trt: Any, quiet: bool, cal: dict[str, Any]) -> dict[str, Any]:
+                int8_exclude_stem: bool, trt: Any, cudart: Any, quiet: bool, cal: dict[str, Any]) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import torch
@@ -278,7 +279,7 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
                 "precisions": ["fp16", *(["int8"] if "int8" in keys else [])]}
         if trt is not None or (_on_jetson() and _tensorrt_importable()):
             write_manifest(tmp, manifest)
-            manifest = build_engines_in(tmp, step["precisions"], trt=trt, quiet=quiet)
+            manifest = build_engines_in(tmp, step["precisions"], trt=trt, cudart=cudart, quiet=quiet)
         else:
             build["steps_pending"].append(step)
             if not quiet:

@@ -220,16 +220,19 @@ class TorchRunModel:
 
 
 class EngineModel:
-    """A bundle's TensorRT engine through the runtime backend (needs tensorrt + a GPU)."""
+    """A bundle's TensorRT engine through the runtime's backend (needs tensorrt + a GPU)."""
 
     def __init__(self, bundle: Any, key: str) -> None:
-        from edgekit.runtime.backends.tensorrt import TensorRTBackend, TensorRTBackendConfig
+        from edgekit.runtime.backends.trt import TrtBackend, TrtBackendConfig
 
-        self.backend = TensorRTBackend(TensorRTBackendConfig(precision=bundle.models[key]["precision"]))
+        self.backend = TrtBackend(TrtBackendConfig(precision=bundle.models[key]["precision"], maps=False))
         self.backend.load(bundle)
 
     def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.backend.run_tiles(tiles[i : i + 1])[1] for i in range(len(tiles))])
+        from edgekit.runtime.types import Batch, Frame
+
+        frame = Frame(part_id=0, source_id="verify", t_capture_ns=0, image=None)
+        return np.asarray(self.backend.infer(Batch(frame, np.ascontiguousarray(tiles), {})).tile_scores, np.float32)
 
 
 def verify_bundle(bundle_dir: str | Path, data_dir: str | Path, max_images: int | None = None,

@@ -90,3 +90,30 @@ def test_build_records_gate(tiny_multi_bundle: Path) -> None:
     for key in ("fp16", "int8"):
         acc = m["models"][key]["accuracy"]
         assert {"spearman", "max_abs_diff", "auroc", "decision_flips"} <= set(acc)
+
+
+def test_verify_against_torch_and_onnx(tiny_multi_bundle: Path, tiny_dataset: Path) -> None:
+    from edgekit.compile.parity import format_verify, verify_bundle
+
+    r = verify_bundle(tiny_multi_bundle, tiny_dataset)
+    assert r["reference"] == "torch" and set(r["models"]) == {"fp32", "fp16", "int8"}
+    assert r["models"]["fp32"]["max_rel_diff"] < 1e-4  # ONNX FP32 reproduces the checkpoint
+    assert r["labelled"] and r["n_images"] == 16
+    r2 = verify_bundle(tiny_multi_bundle, tiny_dataset, use_torch=False)
+    assert r2["reference"] == "onnx-fp32" and set(r2["models"]) == {"fp16", "int8"}
+    assert "int8" in format_verify(r2)
+
+
+def test_verify_cli_json_on_plain_folder(tiny_multi_bundle: Path, tiny_dataset: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    res = CliRunner().invoke(main, ["verify", str(tiny_multi_bundle), "--data", str(tiny_dataset / "test" / "good"),
+                                    "--json", "--no-torch"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["labelled"] is False and out["models"]["int8"]["auroc"] is None
+    assert out["models"]["int8"]["spearman"] > 0.3

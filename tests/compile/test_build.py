@@ -1,0 +1,75 @@
+"""`edgekit build` options (edgekit/compile/build.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgekit.bundle.io import load_bundle
+from edgekit.cli import main
+from edgekit.compile.build import build_cli, parse_precisions
+from edgekit.errors import BundleError, ConfigError
+
+
+def test_parse_precisions() -> None:
+    assert parse_precisions("int8, fp16") == ["fp32", "fp16", "int8"]
+    assert parse_precisions(["fp32"]) == ["fp32"]
+    with pytest.raises(ConfigError, match="unknown int4"):
+        parse_precisions("fp32,int4")
+
+
+def test_multi_precision_bundle_manifest(tiny_multi_bundle: Path, tiny_run: Path) -> None:
+    m = load_bundle(tiny_multi_bundle).manifest
+    assert set(m["models"]) == {"fp32", "fp16", "int8"}
+    assert m["build"]["precisions"] == ["fp32", "fp16", "int8"]
+    cal = m["build"]["calibration_data"]
+    assert cal["n_tiles"] == 16 and len(cal["hash"]) == 64 and cal["source"] == "run training images"
+    assert m["models"]["int8"]["calibration_data"] == cal
+    assert m["run"]["path"] == str(tiny_run.resolve())
+    step = m["build"]["steps_pending"][0]
+    assert step["step"] == "build-on-device" and "--engine-only" in step["command"]
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "calibration.json"} == set(m["files"])
+
+
+def test_gate_refusal_leaves_no_bundle(tiny_run: Path, tiny_dataset: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.compile import build as build_mod
+    from edgekit.compile import parity
+
+    # a precision that loses every bit of ranking: the gate must refuse the whole build
+    def broken_compare(ref, test, labels, band):  # type: ignore[no-untyped-def]
+        r = real_compare(ref, test, labels, band)
+        r["auroc"] = 0.0
+        return r
+
+    real_compare = parity.compare
+    monkeypatch.setattr(parity, "compare", broken_compare)
+    out = tmp_path / "b"
+    with pytest.raises(BundleError, match="fp16: image AUROC 0.00.*--allow-degraded"):
+        build_mod.build_bundle(tiny_run, out, precisions=["fp16"], eval_data=tiny_dataset, quiet=True)
+    assert not out.exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_engine_only_needs_jetson_target_and_a_bundle(tiny_run: Path, tiny_bundle: Path) -> None:
+    with pytest.raises(ConfigError, match="--target jetson"):
+        build_cli(str(tiny_bundle), target="cpu", engine_only=True)
+    with pytest.raises(BundleError, match="needs a bundle directory"):
+        build_cli(str(tiny_run), target="jetson", engine_only=True)
+    with pytest.raises(BundleError, match="is a bundle"):
+        build_cli(str(tiny_bundle), target="cpu")
+
+
+def test_cli_build_error_is_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["build", str(tiny_run), "--out", str(tmp_path / "b"), "--precision", "fp8"])
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines() == ["error: --precision: unknown fp8 (valid: fp32, fp16, int8)"]
+
+
+def test_cli_build_archive(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(main, ["build", str(tiny_run), "--out", str(tmp_path / "b"), "--archive"])
+    assert res.exit_code == 0, res.output
+    b = load_bundle(tmp_path / "b.edgekit")
+    assert b.bundle_id == load_bundle(tmp_path / "b").bundle_id
