@@ -314,8 +314,13 @@ def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = 
         if src_key not in bundle.models:
             raise BundleError(f"{bundle.path}: no {src_key} ONNX model to build a TensorRT {p} engine from; "
                               "rebuild the bundle with --precision fp32,int8")
+        import onnx
+
+        from edgekit.compile.quantize import scoring_tail
+
+        tail = tuple(scoring_tail(onnx.load(str(bundle.model_path(src_key)), load_external_data=False)))
         spec = EngineSpec(p, bundle.model_path(src_key), bundle.path / ENGINE_FILES[p], size, 1, 1, batch_max,
-                          workspace_mib, bundle.path / TIMING_CACHE)
+                          workspace_mib, bundle.path / TIMING_CACHE, fp32_layers=tail)
         info = build_engine(spec, trt)
         info.update(dev)
         manifest["models"][f"trt-{p}"] = {"file": ENGINE_FILES[p], "kind": "tensorrt", **info}

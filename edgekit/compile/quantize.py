@@ -41,12 +41,22 @@ FP16_BLOCK_OPS = ("ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceMean", "Red
                   "Resize", "Pad", "LpNormalization", "TopK", "ArgMin", "Softmax", "Cast", "Max", "Min")
 
 
+# Element-wise ops that only prepare the tail's inputs (products of teacher and student features,
+# squares) belong to the tail too: in fp16 the products of small feature values underflow.
+TAIL_FEEDER_OPS = frozenset({"Mul", "Pow", "Sub", "Add", "Abs", "Neg", "Unsqueeze", "Squeeze", "Reshape",
+                             "Flatten", "Transpose", "Concat"})
+
+
 def scoring_tail(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes from the first normalisation/scoring op to the outputs, in graph order."""
+    """Names of the nodes from the first normalisation/scoring op to the outputs, in graph order,
+    plus the element-wise nodes that feed only those (feature products, squares)."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
+    producers: dict[str, onnx.NodeProto] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+        for o in n.output:
+            producers[o] = n
     tail: set[str] = set()
     stack = [n for n in model.graph.node if n.op_type in TAIL_START_OPS]
     while stack:
@@ -56,6 +66,16 @@ def scoring_tail(model: onnx.ModelProto) -> list[str]:
         tail.add(n.name)
         for o in n.output:
             stack.extend(consumers.get(o, []))
+    changed = True
+    while changed:  # grow backwards over feeders whose every consumer is already in the tail
+        changed = False
+        for n in model.graph.node:
+            if n.name in tail or n.op_type not in TAIL_FEEDER_OPS:
+                continue
+            users = [c for o in n.output for c in consumers.get(o, [])]
+            if users and all(c.name in tail for c in users):
+                tail.add(n.name)
+                changed = True
     return [n.name for n in model.graph.node if n.name in tail]
 
 
@@ -87,13 +107,53 @@ def convert_fp16(src: str | Path, dst: str | Path, block_ops: Sequence[str] = FP
     model = _ensure_node_names(onnx.load(str(src)))
     tail = scoring_tail(model)  # cheap, and where fp16 rounding would move scores
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(block_ops), node_block_list=tail)
+    removed = _fold_cast_pairs(fp16.graph)
     _toposort(fp16.graph)  # the converter appends its border Casts out of order
     onnx.checker.check_model(fp16)
     onnx.save(fp16, str(dst))
     kept = [n.name for n in model.graph.node if n.op_type in set(block_ops)]
     return {"converter": "onnxruntime.transformers.float16", "keep_io_types": True,
             "fp32_op_types": sorted(set(block_ops)), "fp32_nodes": len(set(kept) | set(tail)),
-            "fp32_scoring_tail": len(tail)}
+            "fp32_scoring_tail": len(tail), "fp16_round_trips_removed": removed}
+
+
+def _fold_cast_pairs(graph: onnx.GraphProto) -> int:
+    """Remove fp32→fp16→fp32 Cast round trips between two blocked (fp32) nodes.
+
+    The converter casts every blocked node's output to fp16 and back, even when the next node
+    is blocked too; in the cosine tail ``|a|²·|b|²`` reaches ~1e7 and overflows fp16 (max
+    65504) on the way, so the round trip is not harmless. Returns the number removed."""
+    from onnx import TensorProto
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    drop: set[int] = set()
+    rename: dict[str, str] = {}
+    for a in graph.node:
+        if a.op_type != "Cast" or a.attribute[0].i != TensorProto.FLOAT16 or a.output[0] in outputs:
+            continue
+        users = consumers.get(a.output[0], [])
+        if not users or not all(u.op_type == "Cast" and u.attribute[0].i == TensorProto.FLOAT for u in users):
+            continue
+        drop.add(id(a))
+        for b in users:
+            if b.output[0] in outputs:  # keep a Cast that produces a graph output, fed directly
+                b.input[0] = a.input[0]
+                continue
+            drop.add(id(b))
+            rename[b.output[0]] = a.input[0]
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    kept = [n for n in graph.node if id(n) not in drop]
+    n_removed = len(graph.node) - len(kept)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return n_removed // 2
 
 
 def _toposort(graph: onnx.GraphProto) -> None:
@@ -178,6 +238,19 @@ def calibration_tiles(paths: Sequence[Path], spec: Any, max_tiles: int = 96, see
     return arr, {"n_images": len(used), "n_tiles": int(len(arr)), "hash": h.hexdigest(), "seed": seed}
 
 
+CALIB_BATCH = 8
+
+
+def _flush_every(n_batches: int) -> int:
+    """Calibration keeps at most this many batches of activations in memory (bounded at 256²).
+    onnxruntime's calibrator fails with "No data is collected" when the batch count is an exact
+    multiple of it (the last flush leaves nothing), so pick a value that does not divide it."""
+    for k in range(8, 2, -1):
+        if n_batches < k or n_batches % k:
+            return k
+    return n_batches + 1
+
+
 def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exclude_stem: bool = False,
                   extra_exclude: Sequence[str] = (), method: str = "minmax", progress: bool = True) -> dict[str, Any]:
     """Write an explicit Q/DQ INT8 copy of ``src`` calibrated on ``calib_tiles``.
@@ -204,12 +277,12 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         extra: dict[str, Any] = {
             "ActivationSymmetric": True,  # TensorRT: zero point must be 0
             "WeightSymmetric": True,
-            "CalibMaxIntermediateOutputs": 8,  # bound calibration memory at 256² tiles
+            "CalibMaxIntermediateOutputs": _flush_every(-(-len(calib_tiles) // CALIB_BATCH)),
         }
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
         quantize_static(
-            str(pre), str(dst), TileReader(calib_tiles, progress=progress), quant_format=QuantFormat.QDQ,
+            str(pre), str(dst), TileReader(calib_tiles, CALIB_BATCH, progress=progress), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(INT8_OP_TYPES), per_channel=True, reduce_range=False,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
             calibrate_method=calib, extra_options=extra,

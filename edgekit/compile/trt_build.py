@@ -35,6 +35,9 @@ class EngineSpec:
         batch_min / batch_opt / batch_max: optimisation profile for the batch (tile) dimension.
         workspace_mib: builder workspace memory pool limit.
         timing_cache_path: read before and written after the build (shared by all engines).
+        fp32_layers: ONNX node names pinned to float32 in reduced-precision engines (the scoring
+            tail: ``|a|²·|b|²`` of the cosine overflows fp16), enforced with
+            ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``.
     """
 
     precision: str
@@ -46,6 +49,7 @@ class EngineSpec:
     batch_max: int = 8
     workspace_mib: int = 1024
     timing_cache_path: Path | None = None
+    fp32_layers: tuple[str, ...] = ()
 
 
 def import_tensorrt() -> Any:
@@ -90,6 +94,29 @@ def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
     return parser
 
 
+def _pin_fp32(trt: Any, network: Any, node_names: tuple[str, ...]) -> int:
+    """Set precision and output types of the layers parsed from ``node_names`` to float32.
+
+    The ONNX parser names a node's layer after the node (extra layers get a suffix). Layers with
+    non-float outputs (shape arithmetic) are left alone. Returns the number of layers pinned."""
+    keep = set(node_names)
+    if not keep:
+        return 0
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        name = layer.name
+        if not (name in keep or any(name.startswith(n + "_") or name.startswith(n + " ") for n in keep)):
+            continue
+        if layer.num_outputs == 0 or layer.get_output(0).dtype not in (trt.float32, trt.float16):
+            continue
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
+
+
 def build_engine(spec: EngineSpec, trt: Any = None) -> dict[str, Any]:
     """Parse ``spec.onnx_path``, configure the builder, serialize the engine and the timing cache.
 
@@ -116,6 +143,9 @@ def build_engine(spec: EngineSpec, trt: Any = None) -> dict[str, Any]:
         flags.append("FP16")
     elif spec.precision == "int8":
         flags.append("INT8")  # scales come from the Q/DQ nodes (explicit quantization)
+    pinned = _pin_fp32(trt, network, spec.fp32_layers) if spec.precision != "fp32" else 0
+    if pinned:
+        flags.append("OBEY_PRECISION_CONSTRAINTS")
     for f in flags:
         config.set_flag(getattr(trt.BuilderFlag, f))
 
@@ -141,5 +171,5 @@ def build_engine(spec: EngineSpec, trt: Any = None) -> dict[str, Any]:
     return {
         "tensorrt_version": str(trt.__version__), "precision": spec.precision, "builder_flags": flags,
         "workspace_mib": spec.workspace_mib, "profile": {"input": INPUT_NAME, "batch": [spec.batch_min, spec.batch_opt, spec.batch_max]},
-        "source": spec.onnx_path.name, "machine": platform.machine(),
+        "source": spec.onnx_path.name, "machine": platform.machine(), "fp32_layers_pinned": pinned,
     }

@@ -32,10 +32,48 @@ class _Tensor:
     name: str
 
 
+class _LayerOutput:
+    def __init__(self, dtype: _Enum) -> None:
+        self.dtype = dtype
+
+
+class _Layer:
+    """A parsed layer named after its ONNX node; shape arithmetic has int64 outputs."""
+
+    def __init__(self, name: str, op_type: str) -> None:
+        self.name = name
+        self.type = op_type
+        int_ops = ("Shape", "Slice", "Cast", "Constant")
+        self._outputs = [_LayerOutput(_INT64 if op_type in int_ops else _FLOAT32)]
+        self.precision = _FLOAT32
+        self.output_types: dict[int, _Enum] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self._outputs)
+
+    def get_output(self, j: int) -> _LayerOutput:
+        return self._outputs[j]
+
+    def set_output_type(self, j: int, dtype: _Enum) -> None:
+        self.output_types[j] = dtype
+
+
+_FLOAT32, _FLOAT16, _INT64 = _Enum("float32"), _Enum("float16"), _Enum("int64")
+
+
 @dataclass
 class _Network:
     inputs: list[_Tensor] = field(default_factory=list)
     outputs: list[_Tensor] = field(default_factory=list)
+    layers: list[_Layer] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, i: int) -> _Layer:
+        return self.layers[i]
 
     @property
     def num_inputs(self) -> int:
@@ -120,6 +158,7 @@ class _OnnxParser:
         init = {t.name for t in model.graph.initializer}
         self.network.inputs = [_Tensor(i.name) for i in model.graph.input if i.name not in init]
         self.network.outputs = [_Tensor(o.name) for o in model.graph.output]
+        self.network.layers = [_Layer(n.name, n.op_type) for n in model.graph.node]
         return True
 
     @property
@@ -152,7 +191,8 @@ class _Builder:
             return None
         assert config.cache is not None
         config.cache.entries.append({"flags": config.flags, "n": len(config.cache.entries)})
-        plan = {"fake_engine": True, "trt": self.rec.__version__, "flags": config.flags,
+        pinned = [la.name for la in network.layers if la.precision is _FLOAT32 and la.output_types]
+        plan = {"fake_engine": True, "fp32_layers": pinned, "trt": self.rec.__version__, "flags": config.flags,
                 "inputs": [t.name for t in network.inputs], "profiles": [
                     {k: [list(x) for x in v] for k, v in p.shapes.items()} for p in config.profiles]}
         return _HostMemory(json.dumps(plan).encode())
@@ -182,7 +222,9 @@ class FakeTensorRT:
         self.Builder = _Builder
         self.OnnxParser = _OnnxParser
         self.MemoryPoolType = type("MemoryPoolType", (), {"WORKSPACE": _Enum("WORKSPACE")})
-        self.BuilderFlag = type("BuilderFlag", (), {n: _Enum(n) for n in ("FP16", "INT8", "TF32", "STRICT_TYPES")})
+        self.BuilderFlag = type("BuilderFlag", (), {n: _Enum(n) for n in (
+            "FP16", "INT8", "TF32", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS")})
+        self.float32, self.float16, self.int64 = _FLOAT32, _FLOAT16, _INT64
 
 
 @dataclass

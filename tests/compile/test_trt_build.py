@@ -83,6 +83,13 @@ def test_engine_only_finishes_pending_bundle(tiny_multi_bundle: Path, tmp_path: 
         assert e["gpu"] == "Orin" and e["compute_capability"] == "8.7"
         assert e["file"] in m["files"]
     assert m["models"]["trt-int8"]["source"] == "model.int8.onnx"
+    # the scoring tail is pinned to fp32 (its |a|²·|b|² overflows fp16), shape arithmetic is not
+    plan = json.loads((bundle / "model.fp16.engine").read_bytes())
+    assert "OBEY_PRECISION_CONSTRAINTS" in plan["flags"] and "FP16" in plan["flags"]
+    assert "/model/scorer/ReduceMax" in plan["fp32_layers"]
+    assert any(n.startswith("/model/Mul") for n in plan["fp32_layers"])
+    assert not any("/Shape" in n or "teacher" in n for n in plan["fp32_layers"])
+    assert m["models"]["trt-fp16"]["fp32_layers_pinned"] == len(plan["fp32_layers"])
     assert m["build"]["steps_pending"] == [] and m["build"]["tensorrt_version"] == "10.3.0"
     assert "timing.cache" in m["files"]
     load_bundle(bundle)  # every new file is hashed
