@@ -87,6 +87,7 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
         except (PermissionError, OSError, AttributeError) as exc:
             notes.append(f"line process not real-time (SCHED_FIFO {prio} refused: {exc}); pulse jitter may "
                          "exceed 1 ms under load: grant CAP_SYS_NICE (systemd: AmbientCapabilities=CAP_SYS_NICE)")
+    _lock_memory(notes)
     conn.send(("ready", notes))
     # the cyclic garbage collector would stop this process for milliseconds at random moments;
     # objects made so far are frozen out of it and collections run only in quiet moments
@@ -94,6 +95,22 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
     gc.freeze()
     gc.disable()
     loop.run()
+
+
+def _lock_memory(notes: list[str]) -> None:
+    """mlockall(MCL_CURRENT | MCL_FUTURE): no page fault may delay an edge (standard real-time
+    practice); refused without CAP_IPC_LOCK / RLIMIT_MEMLOCK → a startup note."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.mlockall(1 | 2) != 0:
+            err = ctypes.get_errno()
+            notes.append(f"line process memory not locked (mlockall: {os.strerror(err)}); "
+                         "grant CAP_IPC_LOCK or raise LimitMEMLOCK for the service")
+    except (OSError, AttributeError) as exc:
+        notes.append(f"line process memory not locked ({exc})")
 
 
 class _LineLoop:
