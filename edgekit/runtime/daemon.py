@@ -229,13 +229,6 @@ class Daemon:
         self._check_capabilities()
         self.line = LineProcess(self._line_spec(), self._on_line_message)
         self.notes += self.line.start()
-        if self.encoder is not None:
-            # a simulated belt starts moving now, once the slow parts of start-up are done,
-            # and the line process gets the same origin
-            self.encoder.open()
-            t0 = getattr(self.encoder, "t0_ns", None)
-            if t0 is not None:
-                self.line.set_encoder_origin(t0)
         try:
             self.event_log.open()
             self.event_log.start_run(self.run_id, self.pipeline.bundle.bundle_id, self.cfg.model_dump(mode="json"),
@@ -245,6 +238,13 @@ class Daemon:
             self.line.stop(0.0)
             self.event_log.close()
             raise
+        if self.encoder is not None:
+            # a simulated belt starts moving now, once the slow parts of start-up are done,
+            # and the line process gets the same origin
+            self.encoder.open()
+            t0 = getattr(self.encoder, "t0_ns", None)
+            if t0 is not None:
+                self.line.set_encoder_origin(t0)
         if self.archive is not None:
             self.archive.open()
         if self.cfg.metrics.enabled:

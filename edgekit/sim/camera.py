@@ -111,9 +111,8 @@ class SimCamera(Camera):
 
     def open(self) -> None:
         if not self._loaded:
-            self._load()
-        self.encoder.open()
-        if self._down_from is not None and self._in_disconnect(self._part_now()):
+            self._load()  # before the belt starts: the daemon opens the encoder after the camera
+        if self.encoder.t0_ns is not None and self._down_from is not None and self._in_disconnect(self._part_now()):
             raise DeviceError(f"{self.name}: simulated camera still unplugged")
 
     def _trigger_count(self, k: int) -> int:
