@@ -236,14 +236,17 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
         paths = _image_paths(calib_data) if calib_data is not None else gather_training_images(run.info["data"]["dirs"])[0]
         tiles, cinfo = calibration_tiles(paths, run.spec, calib_max_tiles, seed=run.recipe.train.seed)
         cinfo["source"] = str(Path(calib_data).resolve()) if calib_data is not None else "run training images"
-        qinfo = quantize_int8(onnx_path, tmp / MODEL_FILES["int8"], tiles, exclude_stem=int8_exclude_stem, progress=not quiet)
+        # the Q/DQ layout follows the runtime that will execute it (see quantize.INT8_FLAVORS)
+        flavor = "tensorrt" if target == "jetson" else "onnxruntime"
+        qinfo = quantize_int8(onnx_path, tmp / MODEL_FILES["int8"], tiles, exclude_stem=int8_exclude_stem,
+                              progress=not quiet, flavor=flavor)
         set_metadata(tmp / MODEL_FILES["int8"], {**meta, "edgekit.precision": "int8"})
         models["int8"] = {"file": MODEL_FILES["int8"], "kind": "onnx", "precision": "int8", "quantization": qinfo,
                           "calibration_data": cinfo}
         build["calibration_data"] = cinfo
         files.append(MODEL_FILES["int8"])
         if not quiet:
-            print(f"quantized {MODEL_FILES['int8']} on {cinfo['n_tiles']} tiles from {cinfo['n_images']} images "
+            print(f"quantized {MODEL_FILES['int8']} ({flavor} Q/DQ layout) on {cinfo['n_tiles']} tiles from {cinfo['n_images']} images "
                   f"({qinfo['qdq_nodes']['QuantizeLinear']} Q nodes, {len(qinfo['excluded_nodes'])} nodes kept float)")
     thresholds = {k: cal.get(k) for k in ("threshold", "accept_edge", "reject_edge", "source")}
     if len(keys) > 1:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from edgekit.bundle.io import load_bundle
 from edgekit.compile.onnx_export import ort_run
@@ -76,6 +76,23 @@ def test_fp16_keeps_io_types_and_matches(tiny_multi_bundle: Path, tiny_dataset: 
     _, s32 = ort_run(b.model_path("fp32"), tiles)
     _, s16 = ort_run(b.model_path("fp16"), tiles)
     assert np.max(np.abs(s16 - s32)) < 1e-2 * np.max(np.abs(s32))
+
+
+def test_onnxruntime_flavor_folds_activations(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    src = load_bundle(tiny_bundle).model_path("fp32")
+    tiles = _tiles(tiny_bundle, tiny_dataset, 8)
+    info = quantize_int8(src, tmp_path / "ort.onnx", tiles, progress=False, flavor="onnxruntime")
+    trt = quantize_int8(src, tmp_path / "trt.onnx", tiles, progress=False, flavor="tensorrt")
+    assert info["flavor"] == "onnxruntime" and info["activation_type"] == "uint8-asymmetric"
+    q = onnx.load(str(tmp_path / "ort.onnx"))
+    zps = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("_zero_point")]
+    assert any(z.dtype == np.uint8 for z in zps)
+    # ReLU6 after a quantized conv is absorbed into the uint8 range; the TensorRT layout keeps it
+    ops = lambda m: [n.op_type for n in m.graph.node]  # noqa: E731
+    assert ops(q).count("Clip") < ops(onnx.load(str(tmp_path / "trt.onnx"))).count("Clip")
+    assert trt["qdq_nodes"]["QuantizeLinear"] > 0
+    with pytest.raises(BundleError, match="flavor"):
+        quantize_int8(src, tmp_path / "x.onnx", tiles, progress=False, flavor="tflite")
 
 
 def test_exclude_stem_keeps_first_conv_float(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
