@@ -53,7 +53,7 @@ def simulate_demo(bundle_dir: str | Path, data_dir: str | Path, out_dir: str | P
     parts_per_s = float(min(30.0, max(1.0, 0.5 / max(infer_s, 1e-4))))  # keep inference ≤ half the pitch
     spacing_mm = 50.0
     speed = parts_per_s * spacing_mm
-    deadline_ms = max(100.0, 6.0 * infer_s * 1e3)
+    deadline_ms = max(150.0, 8.0 * infer_s * 1e3)  # slack for a busy laptop: p99 ≫ median
     distance_mm = speed * (deadline_ms + 100.0) / 1e3
     data = {
         "bundle": str(Path(bundle_dir).resolve()),

@@ -156,3 +156,31 @@ def test_archive_respects_quota_oldest_first(tmp_path, intensity_bundle) -> None
     a.open()
     a.close()
     assert sum(f.stat().st_size for f in (tmp_path / "arch").iterdir()) <= 0.01 * 1024 * 1024
+
+
+def test_watched_bundle_path_reloads_without_signal(tmp_path) -> None:
+    bundle = write_intensity_bundle(tmp_path / "bundle", size=32)
+    write_levels(tmp_path / "frames", [20, 200])
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "bundle": str(bundle), "watch_bundle": True,
+        "source": {"type": "folder", "path": str(tmp_path / "frames"), "rate_hz": 20, "loop": True},
+        "outputs": [{"type": "fake_gpio", "chip": f"watch-{os.getpid()}"}],
+        "decision": {"deadline_ms": 300}, "scheduler": {"mode": "time", "delay_ms": 350, "pulse_ms": 5},
+        "events": {"path": str(tmp_path / "ev.db")}, "metrics": {"enabled": False},
+        "log": {"format": "json", "decisions": True},
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "run", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        started = _events(proc, "started")
+        _events(proc, "decision")
+        time.sleep(0.05)
+        shutil.rmtree(bundle)
+        write_intensity_bundle(bundle, size=32)  # an installer dropping a new bundle in place
+        swapped = _events(proc, "bundle_swapped")
+        assert swapped["old_bundle_id"] == started["bundle_id"] != swapped["bundle_id"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
