@@ -181,6 +181,7 @@ class Daemon:
         self._reconnects = 0
         self._committed = 0
         self._last_progress_ns = time.monotonic_ns()
+        self._busy_since_ns: int | None = None
         self._metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
         self.fatal: BaseException | None = None
@@ -496,6 +497,7 @@ class Daemon:
                 continue  # already decided by its deadline: do not spend time on it
             pipe = self.pipeline
             assert pipe is not None
+            self._busy_since_ns = time.monotonic_ns()
             try:
                 batch = pipe.preprocessor.run(frame)
                 raw = pipe.backend.infer(batch)
@@ -508,6 +510,7 @@ class Daemon:
                 decision = pipe.decider.failsafe(frame, "backend_error", model_id=pipe.backend.model_id)
                 emit(self.log, logging.ERROR, "backend_error", part_id=frame.part_id, error=repr(exc))
             self._last_progress_ns = time.monotonic_ns()
+            self._busy_since_ns = None
             self._free_slot()
             if self.tracker.take(frame.part_id) is None:
                 self.metrics.failsafe.labels("late_result_discarded").inc()
@@ -581,8 +584,13 @@ class Daemon:
                 self._line_cv.wait(max(wait_s, 0.0005))
 
     def _healthy(self, now_ns: int) -> bool:
-        stalled = len(self.tracker) > 0 and now_ns - self._last_progress_ns > self.cfg.health.stall_s * 1e9
-        return not stalled and self.fatal is None
+        """False when inference is stuck on one frame, or frames wait and nothing moves, for
+        longer than ``health.stall_s`` (then the heartbeat stops and systemd's watchdog fires)."""
+        limit = self.cfg.health.stall_s * 1e9
+        busy = self._busy_since_ns
+        stuck = busy is not None and now_ns - busy > limit
+        starved = (len(self.tracker) > 0 or self._frames_q.qsize() > 0) and now_ns - self._last_progress_ns > limit
+        return not (stuck or starved) and self.fatal is None
 
     def health(self) -> dict[str, Any]:
         """State for /healthz and the sd_notify watchdog."""

@@ -104,3 +104,28 @@ def test_gpio_line_busy_refuses_start_then_runs(line, tmp_path) -> None:
     holder.release()
     r = _run(bundle, data, tmp_path, parts=5, chip="busy-test")
     assert r["events_logged"] == 5
+
+
+def test_stalled_backend_stops_the_heartbeat_then_recovers(line, tmp_path) -> None:
+    bundle, _, data = line
+    cfg = parse_run_config({
+        "bundle": str(bundle),
+        "source": {"type": "sim", "dataset": str(data), "parts": 120, "spacing_mm": 10.0, "reject_distance_mm": 240.0},
+        "encoder": {"type": "sim", "speed_mm_s": 300.0},
+        "backend": {"type": "sim_faults", "slow_parts": [20], "slow_ms": 2500.0},
+        "scheduler": {"mode": "encoder", "pulse_ms": 8.0},
+        "decision": {"deadline_ms": 150.0},
+        "health": {"heartbeat_period_ms": 100.0, "stall_s": 0.5},
+        "outputs": [{"type": "fake_gpio"}],
+        "events": {"path": str(tmp_path / "ev.db")},
+        "metrics": {"enabled": False},
+    })
+    cfg = prepare_config(cfg)
+    r = simulate_config(cfg)
+    _line_ok(r, 120)
+    fs = _failsafe_rows(r)
+    assert fs[20] == "late" and len(fs) >= 20  # the parts passing during the stall are failed safe
+    hb = [e.t_ns for e in FakeGpioChip.get(cfg.outputs[0].chip).edges_for(19)]
+    gaps = [(b - a) / 1e9 for a, b in zip(hb, hb[1:])]
+    assert max(gaps) > 1.0  # the heartbeat stopped while inference was stuck (PLC would stop the line)
+    assert sum(1 for g in gaps if g < 0.2) > 20  # and it toggled every 100 ms before and after
