@@ -416,10 +416,12 @@ def write_report(path: str | Path, result: EvalResult, metrics: dict[str, Any] |
     parts.append("<h2>Hardest images</h2><p class='note'>Left: image; right: anomaly map overlay on one colour "
                  f"scale for all images: blue = {vmin:.4g}, green = {edge:.4g}{' (the reject edge)' if reject is not None else ''}, "
                  f"red \u2265 {vmax:.4g}; white outline: ground-truth defect.</p>")
-    parts.append(_gallery("Worst false rejects (good images with the highest scores)",
-                          "Decision under the band shown above.", goods, accept, reject, vmin, vmax))
-    parts.append(_gallery("Worst false accepts (defect images with the lowest scores)",
-                          "Decision under the band shown above.", defects, accept, reject, vmin, vmax))
+    parts.append(_gallery("Worst false rejects: good images with the highest scores",
+                          "Highest first; the badge is the decision under the band shown above (a good image that is "
+                          "not accepted is a false reject or goes to review).", goods, accept, reject, vmin, vmax))
+    parts.append(_gallery("Worst false accepts: defect images with the lowest scores",
+                          "Lowest first; a defect image marked accept is a false accept.", defects, accept, reject,
+                          vmin, vmax))
 
     doc = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
