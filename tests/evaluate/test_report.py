@@ -98,3 +98,21 @@ def test_report_without_maps_or_defects(tmp_path):
     assert len(imgs) == 1 + 7  # histogram + good gallery (images without maps)
     with pytest.raises(DataError, match="no evaluated images"):
         write_report(tmp_path / "x.html", EvalResult([]))
+
+
+def test_evaluate_cli_writes_every_metric_and_report(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    import json
+
+    from edgekit.evaluate.run import evaluate_cli
+
+    evaluate_cli(str(tiny_bundle), str(tiny_dataset), json_path=str(tmp_path / "m.json"),
+                 report_path=str(tmp_path / "r.html"))
+    doc = json.loads((tmp_path / "m.json").read_text())
+    for key in ("image_auroc", "average_precision", "pixel_auroc", "pro", "f1_best", "at_threshold", "coverage",
+                "band", "per_defect", "threshold_source"):
+        assert key in doc
+    assert doc["pixel_auroc"] is not None and doc["pro"] is not None  # synthetic data ships masks
+    assert 0.0 <= doc["coverage"]["coverage"] <= 1.0
+    out = capsys.readouterr().out
+    assert "coverage:" in out and "best F1:" in out
+    _check_html(tmp_path / "r.html")
