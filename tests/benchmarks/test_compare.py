@@ -202,3 +202,35 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
             assert got[m]["feature_check"]["allclose"] is True
     else:
         assert all(r.get("skipped") for r in theirs)
+
+
+def test_patchcore_bank_variant_grows_the_bank(tmp_path: Path) -> None:
+    """The latency-only PatchCore variant has the bank initializer grown to the requested rows and
+    still runs; outputs stay the same because the new rows repeat the old ones."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    bank = np.arange(12, dtype=np.float32).reshape(4, 3)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("Transpose", ["bank"], ["bt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "bt"], ["d"]),
+             helper.make_node("ReduceMax", ["d"], ["y"], keepdims=0, axes=[1])]
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[numpy_helper.from_array(bank, "bank")])
+    path = tmp_path / "patchcore.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    row = compare.patchcore_bank_variant(path, 4, 10)
+    assert row["latency_only"] and row["image_auroc"] is None and "bank 10" in row["model"]
+    grown = onnx.load(row["onnx"])
+    assert [list(t.dims) for t in grown.graph.initializer] == [[10, 3]]
+    inp = {"x": np.ones((2, 3), np.float32)}
+    a = ort.InferenceSession(str(path)).run(None, inp)[0]
+    b = ort.InferenceSession(row["onnx"]).run(None, inp)[0]
+    np.testing.assert_allclose(a, b)
+    assert compare.patchcore_bank_variant(path, 7, 10).get("skipped")
+    # the latency-only row never enters the accuracy targets or the plot
+    rows = [*ROWS, {**row, "ort": {"median_ms": 500.0, "p99_ms": 600.0, "mean_ms": 500.0, "n": 5}}]
+    t = compare.evaluate_targets(rows)
+    ctx = next(v for v in t if v["target"].startswith("(context)"))
+    assert "rrd-lite0 15.0 ms vs 500.0 ms = 0.03x" in ctx["measured"] and ctx["met"]
