@@ -341,7 +341,7 @@ INT8_FLAVORS = ("onnxruntime", "tensorrt")
 
 def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exclude_stem: bool = False,
                   extra_exclude: Sequence[str] = (), method: str = "minmax", progress: bool = True,
-                  flavor: str = "onnxruntime") -> dict[str, Any]:
+                  flavor: str = "onnxruntime", reduce_range: bool | None = None) -> dict[str, Any]:
     """Write an explicit Q/DQ INT8 copy of ``src`` calibrated on ``calib_tiles``.
 
     Args:
@@ -350,10 +350,15 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         extra_exclude: further node names to keep in float.
         method: "minmax" or "percentile" (clips activation outliers at 99.999 %).
         flavor: "onnxruntime" (CPU) or "tensorrt" (symmetric, inputs only); see INT8_FLAVORS.
+        reduce_range: 7-bit weights. Default: on for the onnxruntime layout, because x86 CPUs
+            without VNNI multiply u8·s8 pairs into saturating int16 (pmaddubsw); on ELPV that
+            saturation alone cost 2.3 AUROC points. TensorRT computes in int32: off.
     Returns: facts for the manifest (quantized op types, nodes kept float, calibration method)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if reduce_range is None:
+        reduce_range = flavor == "onnxruntime"
     if flavor not in INT8_FLAVORS:
         raise BundleError(f"int8 flavor {flavor!r} unknown; use one of {', '.join(INT8_FLAVORS)}")
     dst = Path(dst)
@@ -384,7 +389,7 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
             extra["CalibPercentile"] = 99.999
         quantize_static(
             str(pre), str(dst), TileReader(calib_tiles, CALIB_BATCH, progress=progress), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types, per_channel=True, reduce_range=False,
+            op_types_to_quantize=op_types, per_channel=True, reduce_range=reduce_range,
             activation_type=act, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
             calibrate_method=calib, extra_options=extra,
         )
@@ -397,7 +402,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
     return {
         "format": "QDQ", "flavor": flavor, "tool": "onnxruntime.quantization.quantize_static", "per_channel": True,
         "activation_type": "int8-symmetric" if flavor == "tensorrt" else "uint8-asymmetric",
-        "weight_type": "int8-symmetric-per-channel", "calibration_method": method,
+        "weight_type": "int7-symmetric-per-channel" if reduce_range else "int8-symmetric-per-channel",
+        "reduce_range": reduce_range, "calibration_method": method,
         "op_types": op_types, "qdq_nodes": counts, "excluded_nodes": excluded,
         "float_compute_nodes": float_compute, "exclude_stem": exclude_stem, "input_norm_nhwc": input_nhwc, "n_calibration_tiles": int(len(calib_tiles)),
     }

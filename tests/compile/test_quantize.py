@@ -128,3 +128,36 @@ def test_fp16_conversion_is_topologically_sorted(tiny_bundle: Path, tmp_path: Pa
     info = convert_fp16(load_bundle(tiny_bundle).model_path("fp32"), tmp_path / "h.onnx")
     onnx.checker.check_model(onnx.load(str(tmp_path / "h.onnx")), full_check=True)
     assert info["keep_io_types"] and info["fp32_scoring_tail"] > 0
+
+
+def test_input_norm_rewrite_is_exact(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    from edgekit.compile.quantize import _input_norm_in_nhwc
+
+    src = load_bundle(tiny_bundle).model_path("fp32")
+    m = onnx.load(str(src))
+    assert _input_norm_in_nhwc(m)
+    assert [n.name for n in m.graph.node[:4]] == ["/input_norm/Cast", "/input_norm/Mul", "/input_norm/Add",
+                                                  "/input_norm/Transpose"]
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp_path / "nhwc.onnx"))
+    tiles = _tiles(tiny_bundle, tiny_dataset, 4)
+    maps0, s0 = ort_run(src, tiles)
+    maps1, s1 = ort_run(tmp_path / "nhwc.onnx", tiles)
+    np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-6)
+    assert not _input_norm_in_nhwc(m)  # applied once
+
+
+def test_fp16_has_no_cast_round_trips(tiny_multi_bundle: Path) -> None:
+    m = onnx.load(str(load_bundle(tiny_multi_bundle).model_path("fp16")))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for n in m.graph.node:
+        if n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT16:
+            users = consumers.get(n.output[0], [])
+            assert not (users and all(u.op_type == "Cast" and u.attribute[0].i == TensorProto.FLOAT for u in users)), n.name
+    # the cosine tail's |a|²·|b|² product feeds Sqrt directly (float32), not through fp16 Casts
+    producers = {o: n for n in m.graph.node for o in n.output}
+    sqrts = [n for n in m.graph.node if n.op_type == "Sqrt"]
+    assert sqrts and all(producers[n.input[0]].op_type == "Mul" for n in sqrts)
