@@ -34,9 +34,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgekit.bundle.io import Bundle, load_bundle
 from edgekit.config.run import RunConfig, load_run_config, parse_run_config
-from edgekit.errors import ConfigError, DataError, DeviceError, EdgekitError
+from edgekit.errors import BundleError, ConfigError, DataError, DeviceError, EdgekitError
 from edgekit.runtime.archive import Archive
 from edgekit.runtime.backends import BACKENDS, Backend
 from edgekit.runtime.capture import CAMERAS, Camera
@@ -182,6 +184,8 @@ class Daemon:
         self._committed = 0
         self._last_progress_ns = time.monotonic_ns()
         self._busy_since_ns: int | None = None
+        self._deadline_ns = int(cfg.decision.deadline_ms * 1e6)
+        self._work_ns = 0
         self._metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
         self.fatal: BaseException | None = None
@@ -210,11 +214,26 @@ class Daemon:
             backend = cls(bcfg)
         backend.load(bundle)
         d = self.cfg.decision
+        self._warm_up(backend, bundle)
         band = Band.resolve(bundle.thresholds, d.accept_edge, d.reject_edge)
         p = self.cfg.preprocess
         expect = (p.expect_height, p.expect_width) if p.expect_height and p.expect_width else None
         pre = Preprocessor(bundle.preprocess, p.max_pixels, expect)
         return Pipeline(bundle, pre, backend, Scorer(), Decider(band, d.review_as, d.failsafe_as))
+
+    @staticmethod
+    def _warm_up(backend: Backend, bundle: Bundle) -> None:
+        """One inference on a blank tile at load time: the first real part must not pay for
+        kernel selection and memory allocation (hundreds of ms on a CPU)."""
+        from edgekit.runtime.types import Batch
+
+        size = bundle.preprocess.size
+        tiles = np.zeros((1, size, size, 3), np.uint8)
+        try:
+            backend.infer(Batch(Frame(-1, "warm-up", time.monotonic_ns(), tiles[0]), tiles, {}))
+        except Exception as exc:  # a model that cannot run a blank tile will not run parts either
+            raise BundleError(f"{bundle.path}: warm-up inference failed ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); rebuild the bundle") from None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -482,7 +501,18 @@ class Daemon:
         with self._line_cv:
             self._line_cv.notify()
         if not self._put_frame(frame):
-            if self.tracker.take(frame.part_id) is not None:
+            # overloaded: the oldest waiting frame is the one least likely to make its deadline,
+            # so it is failed safe and the new frame takes its place (a FIFO would let every
+            # frame age past its deadline while it waits)
+            try:
+                old = self._frames_q.get_nowait()
+            except queue.Empty:
+                old = None
+            if old is _STOP:
+                self._frames_q.put(old)
+            elif old is not None and self.tracker.take(old.part_id) is not None:
+                self._decide_failsafe(old, "overload")
+            if not self._put_frame(frame) and self.tracker.take(frame.part_id) is not None:
                 self._decide_failsafe(frame, "overload")
         self.metrics.queue_depth.labels("frames").set(self._frames_q.qsize())
 
@@ -495,6 +525,10 @@ class Daemon:
             if not self.tracker.is_pending(frame.part_id):
                 self._free_slot()
                 continue  # already decided by its deadline: do not spend time on it
+            left_ns = frame.t_capture_ns + self._deadline_ns - time.monotonic_ns()
+            if not self._unpaced and left_ns < self._work_ns:
+                self._free_slot()
+                continue  # cannot finish before its deadline: the deadline fails it safe
             pipe = self.pipeline
             assert pipe is not None
             self._busy_since_ns = time.monotonic_ns()
@@ -509,7 +543,10 @@ class Daemon:
             except Exception as exc:  # any backend failure is a fail-safe reject, never a crash
                 decision = pipe.decider.failsafe(frame, "backend_error", model_id=pipe.backend.model_id)
                 emit(self.log, logging.ERROR, "backend_error", part_id=frame.part_id, error=repr(exc))
-            self._last_progress_ns = time.monotonic_ns()
+            now = time.monotonic_ns()
+            # typical time per frame (EWMA), to skip frames that could not make their deadline
+            self._work_ns = int(0.9 * self._work_ns + 0.1 * (now - self._busy_since_ns))
+            self._last_progress_ns = now
             self._busy_since_ns = None
             self._free_slot()
             if self.tracker.take(frame.part_id) is None:
