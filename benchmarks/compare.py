@@ -496,13 +496,16 @@ def patchcore_bank_variant(onnx_path: Path, bank_rows: int, rows: int) -> dict[s
     from onnx import numpy_helper
 
     proto = onnx.load(str(onnx_path))
-    hits = [t for t in proto.graph.initializer if len(t.dims) == 2 and t.dims[0] == bank_rows]
-    if len(hits) != 1:
+    # the bank (M, D) and what constant folding derived from it (its squared norms, (M, 1) / (1, M))
+    hits = [t for t in proto.graph.initializer if bank_rows in t.dims and len(t.dims) <= 2]
+    if not any(len(t.dims) == 2 and t.dims[0] == bank_rows and t.dims[1] > 1 for t in hits):
         return {"side": "anomalib", "model": f"patchcore (bank {rows})", "precision": "fp32",
-                "skipped": f"memory bank initializer not found ({len(hits)} candidates)"}
-    bank = numpy_helper.to_array(hits[0])
-    grown = np.resize(bank, (rows, bank.shape[1])).astype(bank.dtype)
-    hits[0].CopyFrom(numpy_helper.from_array(grown, hits[0].name))
+                "skipped": "memory bank initializer not found"}
+    order = np.arange(rows) % bank_rows  # repeat the bank rows cyclically
+    for t in hits:
+        arr = numpy_helper.to_array(t)
+        axis = list(t.dims).index(bank_rows)
+        t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(np.take(arr, order, axis=axis)), t.name))
     dst = onnx_path.with_name(f"patchcore_bank{rows}.onnx")
     onnx.save(proto, str(dst))
     return {"side": "anomalib", "model": f"patchcore (bank {rows}, latency only)", "precision": "fp32",

@@ -214,16 +214,20 @@ def test_patchcore_bank_variant_grows_the_bank(tmp_path: Path) -> None:
     bank = np.arange(12, dtype=np.float32).reshape(4, 3)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    # like PatchCore after constant folding: the bank and its squared norms (1, M)
+    norms = (bank**2).sum(1)[None]
     nodes = [helper.make_node("Transpose", ["bank"], ["bt"], perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "bt"], ["d"]),
+             helper.make_node("MatMul", ["x", "bt"], ["d0"]),
+             helper.make_node("Add", ["d0", "norms"], ["d"]),
              helper.make_node("ReduceMax", ["d"], ["y"], keepdims=0, axes=[1])]
-    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[numpy_helper.from_array(bank, "bank")])
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[numpy_helper.from_array(bank, "bank"),
+                                                                numpy_helper.from_array(norms, "norms")])
     path = tmp_path / "patchcore.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     row = compare.patchcore_bank_variant(path, 4, 10)
     assert row["latency_only"] and row["image_auroc"] is None and "bank 10" in row["model"]
     grown = onnx.load(row["onnx"])
-    assert [list(t.dims) for t in grown.graph.initializer] == [[10, 3]]
+    assert [list(t.dims) for t in grown.graph.initializer] == [[10, 3], [1, 10]]
     inp = {"x": np.ones((2, 3), np.float32)}
     a = ort.InferenceSession(str(path)).run(None, inp)[0]
     b = ort.InferenceSession(row["onnx"]).run(None, inp)[0]
