@@ -470,8 +470,8 @@ class Daemon:
                     emit(self.log, logging.ERROR, "camera_down", source=cam.name, error=str(exc))
                 try:
                     cam.close()
-                except Exception:  # the device is already gone; closing is best effort
-                    pass
+                except Exception as close_exc:  # the device is already gone; closing is best effort
+                    emit(self.log, logging.DEBUG, "camera_close_failed", source=cam.name, error=str(close_exc))
                 is_open = False
                 self._stop_capture.wait(backoff)
                 backoff = min(backoff * 2, h.camera_retry_max_s)
