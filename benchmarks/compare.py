@@ -129,7 +129,9 @@ def ort_latency_interleaved(paths: dict[str, str | Path], tile: np.ndarray, thre
 def ort_profile(path: str | Path, tile: np.ndarray, threads: int, out_prefix: Path, iters: int = 10,
                 top: int = 12) -> dict[str, Any]:
     """Per-node onnxruntime profile: total time per op type and the slowest nodes (ms per run)."""
-    sess = ort_session(path, threads, profile_prefix=str(out_prefix))
+    # separate prefixes: onnxruntime names a trace by prefix + a millisecond timestamp, so two
+    # sessions ending within the same millisecond would otherwise share (and delete) one file
+    sess = ort_session(path, threads, profile_prefix=str(out_prefix) + "_warmup")
     name = sess.get_inputs()[0].name
     feed = {name: np.ascontiguousarray(tile[None] if tile.ndim == 3 else tile)}
     for _ in range(3):

@@ -30,13 +30,40 @@ def _loc(loc: tuple[Any, ...], prefix: str) -> str:
     return out or "<root>"
 
 
-def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
-    """One line per problem: file, key path, value given and what is allowed."""
+def _user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """The key path as the user wrote it: pydantic puts a tagged union's tag value (``backend.
+    onnxruntime.devcie``) and validator names into the path; walk the input and keep only the
+    parts that index it."""
+    out: list[Any] = []
+    node = data
+    parts = [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    for i, part in enumerate(parts):
+        if isinstance(node, dict):
+            if part in node:
+                out.append(part)
+                node = node[part]
+                continue
+            nxt = parts[i + 1] if i + 1 < len(parts) else None
+            if node.get("type") == part or (nxt is not None and nxt in node):
+                continue  # the union's tag (given or defaulted), not a key
+            out.append(part)
+            node = None
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def format_validation_error(err: ValidationError, source: str, prefix: str = "", data: Any = None) -> str:
+    """One line per problem: file, key path, value given and what is allowed.
+
+    ``data`` is the validated input; with it, tagged-union tags are dropped from key paths."""
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # discriminated unions add the tag name to the path; drop it for readability
-        key = _loc(loc, prefix)
+        key = _loc(_user_loc(tuple(e["loc"]), data), prefix)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: {key}: unknown key (remove it or check the spelling)")
@@ -77,4 +104,4 @@ def parse_model(model: type[M], data: Any, source: str, prefix: str = "") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, prefix)) from None
+        raise ConfigError(format_validation_error(err, source, prefix, data)) from None
