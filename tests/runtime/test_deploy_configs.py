@@ -43,7 +43,7 @@ def test_run_check_with_a_real_bundle(intensity_bundle, tmp_path) -> None:
 @pytest.mark.parametrize("patch, message", [
     ({"scheduler": {"mode": "time", "pulse_ms": -5}}, "scheduler.pulse_ms: -5 input should be greater than 0"),
     ({"outputs": [{"type": "gpoid", "lines": {"reject": 1}}]}, "outputs[0]"),
-    ({"source": {"type": "usb", "device": 0, "exposre": 5}}, "source.usb.exposre: unknown key"),
+    ({"source": {"type": "usb", "device": 0, "exposre": 5}}, "source.exposre: unknown key"),
     ({"decision": {"deadline_ms": 900}}, "must be below scheduler.delay_ms"),
     ({"bundle": "/nonexistent/bundle"}, "bundle directory not found"),
 ])
