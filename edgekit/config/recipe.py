@@ -47,6 +47,9 @@ class TrainConfig(StrictModel):
 
 class ScoreConfig(StrictModel):
     smoothing_sigma: float = Field(4.0, ge=0.0, le=32.0)
+    # distillation methods: standardise each layer's 1 − cos map with its mean/std on held-out
+    # good images before summing (see edgekit/methods/rd/scoring.py); false = the paper's plain sum
+    layer_norm: bool = True
 
 
 class BuildConfig(StrictModel):

@@ -15,7 +15,8 @@ The eval forward is deterministic and traceable: masking depends only on ``self.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -69,7 +70,7 @@ class MaskedReverseDistillation(AnomalyModel):
             embed, ResBlock(embed, embed, stride=2), cfg.scconv_gn_groups, cfg.scconv_alpha
         )
         self.decoder = StudentDecoder(embed, ch, st, width=cfg.decoder_width)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine)
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch))
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -85,9 +86,16 @@ class MaskedReverseDistillation(AnomalyModel):
         total, losses = masked_distillation_loss(t, s)
         return total, {f"l{i}": float(v.detach()) for i, v in enumerate(losses)}
 
+    def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
+        return cosine_distance_maps(*self._features(x))
+
+    @torch.no_grad()
+    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
+        return self.scorer.fit(self.layer_maps(x) for x in images)
+
     def forward(self, x: torch.Tensor) -> AnomalyOutput:
-        t, s = self._features(x)
-        amap, score = self.scorer(cosine_distance_maps(t, s), (x.shape[-2], x.shape[-1]))
+        amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
         return AnomalyOutput(amap, score)
 
 

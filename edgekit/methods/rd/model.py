@@ -4,7 +4,8 @@ trainable one-class bottleneck + student decoder; loss = Σ_layers mean(1 − co
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -41,7 +42,7 @@ class ReverseDistillation(AnomalyModel):
         embed = max(16, int(round(ch[-1] * cfg.embed_factor)))
         self.bottleneck = OneClassBottleneck(ch, st, embed)
         self.decoder = StudentDecoder(embed, ch, st, width=cfg.decoder_width)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine)
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch))
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -58,9 +59,16 @@ class ReverseDistillation(AnomalyModel):
         total = torch.stack(losses).sum()
         return total, {f"l{i}": float(v.detach()) for i, v in enumerate(losses)}
 
+    def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
+        return cosine_distance_maps(*self._features(x))
+
+    @torch.no_grad()
+    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
+        return self.scorer.fit(self.layer_maps(x) for x in images)
+
     def forward(self, x: torch.Tensor) -> AnomalyOutput:
-        t, s = self._features(x)
-        amap, score = self.scorer(cosine_distance_maps(t, s), (x.shape[-2], x.shape[-1]))
+        amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
         return AnomalyOutput(amap, score)
 
 

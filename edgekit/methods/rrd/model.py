@@ -21,7 +21,8 @@ trainer's ``--data`` given several times trains it on several categories at once
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -102,7 +103,7 @@ class ResidualReverseDistillation(AnomalyModel):
                 )
                 self.residual_at[j] = i
         self.layer_weights = AdaptiveLayerWeights(self.n_layers, cfg.adaptive_momentum, cfg.adaptive_weights)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine)
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch))
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -135,10 +136,17 @@ class ResidualReverseDistillation(AnomalyModel):
         logs["sspcab"] = float(ssp.detach())
         return total, logs
 
-    def forward(self, x: torch.Tensor) -> AnomalyOutput:
+    def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
         t = self._teacher(x)
-        s, _, _ = self._student(t)
-        amap, score = self.scorer(cosine_distance_maps(t, s), (x.shape[-2], x.shape[-1]))
+        return cosine_distance_maps(t, self._student(t)[0])
+
+    @torch.no_grad()
+    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
+        return self.scorer.fit(self.layer_maps(x) for x in images)
+
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
+        amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
         return AnomalyOutput(amap, score)
 
 
