@@ -305,7 +305,7 @@ def verify_bundle(bundle_dir: str) -> None:
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True)
-@click.option("--epochs", type=int, default=None, help="Override the demo's epochs.")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's epochs (rd-lite0: 10).")
 @_handle_errors
 def demo(out_dir: str, epochs: int | None) -> None:
     """Synthesize data, train, evaluate, build and replay through the daemon: end to end."""

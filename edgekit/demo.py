@@ -43,7 +43,7 @@ def run_demo(out_dir: str | Path, epochs: int | None = None, n_parts: int = 200)
     print(f"({time.perf_counter() - t:.1f} s)")
 
     t = _step("2/5 train rd-lite0 (EfficientNet-Lite0 teacher, offline ImageNet weights)")
-    train_run(_recipe_path(), data, run, epochs=epochs if epochs is not None else 6, resume=True)
+    train_run(_recipe_path(), data, run, epochs=epochs, resume=True)  # None: the recipe's epochs
     print(f"({time.perf_counter() - t:.1f} s)")
 
     t = _step("3/5 build a cpu bundle (ONNX with preprocessing + scoring fused, manifest, sha256)")

@@ -68,3 +68,48 @@ def test_loss_decreases_and_teacher_frozen() -> None:
     assert losses[-1] < losses[0] * 0.8
     for k, v in model.teacher.state_dict().items():
         assert torch.equal(v, before[k]), f"teacher changed: {k}"
+
+
+def _layers(gen: torch.Generator, n: int, defect: bool = False) -> list[torch.Tensor]:
+    """A noisy shallow layer (large, varying 1 − cos everywhere) and a quiet deep layer."""
+    shallow = 0.3 + 0.2 * torch.rand(n, 1, 16, 16, generator=gen)
+    deep = 0.05 + 0.005 * torch.randn(n, 1, 8, 8, generator=gen)
+    if defect:
+        deep[:, 0, 5, 2] += 0.06  # 12 deep-layer standard deviations, a fraction of the shallow noise
+    return [shallow, deep]
+
+
+def test_layer_norm_fit_standardises_each_layer() -> None:
+    gen = torch.Generator().manual_seed(0)
+    sc = DistillationScorer(sigma=0.0, n_layers=2)
+    assert torch.equal(sc.layer_shift, torch.zeros(2)) and torch.equal(sc.layer_scale, torch.ones(2))
+    batches = [_layers(gen, 4) for _ in range(5)]
+    facts = sc.fit(iter(batches))
+    allmaps = [torch.cat([b[i] for b in batches]) for i in range(2)]
+    for i, m in enumerate(allmaps):
+        z = (m - sc.layer_shift[i]) * sc.layer_scale[i]
+        assert abs(float(z.mean())) < 1e-4 and float(z.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)
+    assert facts["layer_norm"]["pixels"] == [20 * 256, 20 * 64]
+    assert facts["layer_norm"]["mean"][0] == pytest.approx(0.4, abs=0.01)
+
+
+def test_layer_norm_lets_a_deep_defect_through_shallow_noise() -> None:
+    gen = torch.Generator().manual_seed(1)
+    sc = DistillationScorer(sigma=0.0, n_layers=2)
+    test = _layers(gen, 1, defect=True)
+    amap, _ = sc(test, (32, 32))
+    y, x = divmod(int(amap[0, 0].argmax()), 32)
+    assert not (20 <= y < 24 and 8 <= x < 12)  # plain sum: the shallow noise sets the max
+    sc.fit(_layers(gen, 4) for _ in range(5))
+    amap, _ = sc(test, (32, 32))
+    y, x = divmod(int(amap[0, 0].argmax()), 32)
+    assert 20 <= y < 24 and 8 <= x < 12
+
+
+def test_checkpoint_without_layer_norm_loads_as_plain_sum() -> None:
+    model = build_model(recipe_from_dict(_recipe("tf_efficientnet_lite0"))).eval()
+    state = {k: v for k, v in model.state_dict().items() if "layer_shift" not in k and "layer_scale" not in k}
+    model.scorer.layer_scale.fill_(3.0)
+    model.load_state_dict(state)
+    assert torch.equal(model.scorer.layer_scale, torch.ones(3))
+    assert torch.equal(model.scorer.layer_shift, torch.zeros(3))
