@@ -84,19 +84,14 @@ def time_callable(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, f
 
 
 def ort_session(path: str | Path, threads: int, profile_prefix: str | None = None) -> Any:
-    """onnxruntime CPU session, ``threads`` intra-op threads, sequential execution."""
+    """onnxruntime CPU session with edgekit's runtime options (``session_options``: ``threads``
+    intra-op threads, sequential), used for *both* sides' models alike."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from edgekit.runtime.backends.ort import session_options
+
+    return ort.InferenceSession(str(path), session_options(threads, profile_prefix),
+                                providers=["CPUExecutionProvider"])
 
 
 def ort_latency(path: str | Path, tile: np.ndarray, threads: int, warmup: int, iters: int) -> dict[str, float]:

@@ -185,6 +185,11 @@ def train_run(
         raise ConfigError(f"{run}: already holds a run; choose another --out or pass --resume to continue it")
     dev = _resolve_device(device)
     seed_everything(tr.seed)
+    # real images with flat dark areas (ELPV cells, backgrounds) drive activations and gradients
+    # into float32 denormals, which x86 handles in microcode: measured 1.23 → 0.82 s per lite0
+    # RD batch on ELPV, no change on textured fabric. Flushing them to zero changes no result
+    # above 1e-38.
+    torch.set_flush_denormal(True)
 
     all_paths, data_hash = gather_training_images(data_dirs)
     if tr.max_train_images:

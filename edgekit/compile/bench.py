@@ -31,11 +31,9 @@ class Candidate:
 def _ort_candidate(path: Path, precision: str, threads: int) -> Candidate:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from edgekit.runtime.backends.ort import session_options
+
+    sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     return Candidate(f"onnxruntime-{precision}", "onnxruntime", precision,
                      lambda t: sess.run(["anomaly_map", "score"], {"image": t}))
 

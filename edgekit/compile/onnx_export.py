@@ -100,10 +100,8 @@ def ort_run(path: str | Path, tiles: np.ndarray, threads: int = 0) -> tuple[np.n
     """Run an exported model in onnxruntime: tiles (N,S,S,3) uint8 → (maps (N,S,S), scores (N,))."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from edgekit.runtime.backends.ort import session_options
+
+    sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     m, s = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(tiles)})
     return m[:, 0], s

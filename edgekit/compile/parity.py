@@ -160,10 +160,9 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int = 0, batch: int = 8) -> None:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        so.log_severity_level = 3
+        from edgekit.runtime.backends.ort import session_options
+
+        so = session_options(threads)
         self.path = Path(path)
         self.batch = batch
         try:

@@ -72,11 +72,10 @@ class OrtScorer:
         self.thresholds = self.bundle.thresholds
         self.info = self.bundle.manifest
         self.batch = batch
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.bundle.model_path(model_key)), so, providers=["CPUExecutionProvider"])
+        from edgekit.runtime.backends.ort import session_options
+
+        self.session = ort.InferenceSession(str(self.bundle.model_path(model_key)), session_options(threads),
+                                            providers=["CPUExecutionProvider"])
 
     def score_tiles(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = [], []

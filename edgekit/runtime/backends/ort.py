@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -15,6 +15,29 @@ from edgekit.runtime.backends.base import BACKENDS, Backend
 from edgekit.runtime.types import Batch, RawOutput
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def session_options(threads: int = 0, profile_prefix: str | None = None) -> Any:
+    """The one onnxruntime session configuration edgekit uses everywhere (daemon, evaluation,
+    build checks, ``bench``, benchmarks), so that what is measured is what runs on the line.
+
+    Args:
+        threads: intra-op threads; 0 lets onnxruntime choose (one per core).
+        profile_prefix: write a per-node profile trace with this file prefix.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
 
 
 class OrtBackendConfig(StrictModel):
@@ -49,10 +72,7 @@ class OrtBackend(Backend):
                 f"onnxruntime has no {wanted} here (available: {', '.join(available)}); "
                 "install onnxruntime-gpu or set backend.device: cpu"
             )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.cfg.threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts = session_options(self.cfg.threads)
         providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
