@@ -165,6 +165,120 @@ def _input_norm_in_nhwc(model: onnx.ModelProto) -> bool:
     return True
 
 
+def _fold_input_norm_into_stem(model: onnx.ModelProto) -> dict[str, Any] | None:
+    """Fold the input normalisation into the stem convolution so that, once quantized, the stem
+    reads the uint8 image itself.
+
+    The export computes ``Conv(Mul(Sub(Cast(Transpose(image)), mean), inv_std), W, b)`` with
+    per-channel (1, C, 1, 1) constants. The per-channel scale ``inv_std`` moves into the stem's
+    weights (exact: padding stays zero); what is left is ``Mul(Sub(x, Z), s)`` with one integer
+    zero point ``Z`` (the rounded mean) and one scale ``s``, which is exactly the dequantization
+    of the raw pixel with (s, Z). The rest of the mean, ``mean - Z``, goes into the bias: exact
+    inside the image, off by at most half a pixel level at padded border taps, less than the
+    input quantization step it replaces. Means that do not round to one common integer (ImageNet
+    statistics) would leave a larger border error, so a padded stem is then left alone (None).
+
+    Rewrites ``model`` in place; ``_bypass_stem_input_qdq`` removes the float ops after
+    quantization. Returns facts (scale, zero point, the stem input tensor), or None if the
+    pattern is not there."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def only_user(name: str, op: str) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    graph_in = model.graph.input[0]
+    if graph_in.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        return None
+    tr = only_user(graph_in.name, "Transpose")
+    cast = only_user(tr.output[0], "Cast") if tr is not None else None
+    sub = only_user(cast.output[0], "Sub") if cast is not None else None
+    mul = only_user(sub.output[0], "Mul") if sub is not None else None
+    conv = only_user(mul.output[0], "Conv") if mul is not None else None
+    if conv is None or sub.input[1] not in inits or mul.input[1] not in inits or len(conv.input) < 2 \
+            or conv.input[1] not in inits or (len(conv.input) > 2 and conv.input[2] not in inits):
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    if attrs.get("group", 1) != 1 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    c = w.shape[1]
+    mean = numpy_helper.to_array(inits[sub.input[1]]).astype(np.float64).reshape(-1)
+    k = numpy_helper.to_array(inits[mul.input[1]]).astype(np.float64).reshape(-1)
+    if mean.size == 1:
+        mean = np.repeat(mean, c)
+    if k.size == 1:
+        k = np.repeat(k, c)
+    if mean.size != c or k.size != c or np.any(k <= 0):
+        return None
+    zero_point = int(np.clip(np.round(mean.mean()), 0, 255))
+    padded = any(attrs.get("pads", []))
+    if padded and np.max(np.abs(mean - zero_point)) > 0.5 + 1e-6:
+        return None
+    scale = float(np.float32(np.exp(np.log(k).mean())))  # geometric mean: folded weights stay near W
+    b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 else np.zeros(w.shape[0])
+    # Conv(W, (x - m)·k) = Conv(W·k/s, (x - Z)·s) + Σ W·k·(Z - m)
+    w_new = w * (k / scale)[None, :, None, None]
+    b_new = b + (w.sum(axis=(2, 3)) * k) @ (zero_point - mean)
+    names = {"w": conv.input[1] + "_input_norm_folded", "b": conv.name + "_bias_input_norm_folded",
+             "z": "input_norm_zero_point", "s": "input_norm_scale"}
+    model.graph.initializer.extend([
+        numpy_helper.from_array(w_new.astype(np.float32), names["w"]),
+        numpy_helper.from_array(b_new.astype(np.float32), names["b"]),
+        numpy_helper.from_array(np.array(zero_point, np.float32), names["z"]),
+        numpy_helper.from_array(np.array(scale, np.float32), names["s"]),
+    ])
+    sub.input[1], mul.input[1] = names["z"], names["s"]
+    conv.input[1] = names["w"]
+    if len(conv.input) > 2:
+        conv.input[2] = names["b"]
+    else:
+        conv.input.append(names["b"])
+    for n, new_name in ((cast, "/input_norm/Cast"), (sub, "/input_norm/Sub"), (mul, "/input_norm/Mul")):
+        n.name = new_name
+    return {"stem": conv.name, "stem_input": mul.output[0], "pixels": tr.output[0], "scale": scale,
+            "zero_point": zero_point, "max_border_error_levels": float(np.max(np.abs(mean - zero_point))) if padded else 0.0}
+
+
+def _bypass_stem_input_qdq(model: onnx.ModelProto, fold: dict[str, Any]) -> None:
+    """After quantization: feed the uint8 pixels straight into the stem's DequantizeLinear and
+    drop Cast → Sub → Mul → QuantizeLinear, which map every pixel to itself (the quantizer was
+    told the stem input's scale and zero point, see ``_fold_input_norm_into_stem``)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    q = next((n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == fold["stem_input"]), None)
+    if q is None or len(q.input) < 3:
+        raise BundleError("int8: the quantizer left the stem input unquantized; rebuild with --int8-exclude-stem")
+    s = float(numpy_helper.to_array(inits[q.input[1]]))
+    z = numpy_helper.to_array(inits[q.input[2]])
+    if z.dtype != np.uint8 or int(z) != fold["zero_point"] or not np.isclose(s, fold["scale"], rtol=1e-6):
+        raise BundleError(f"int8: stem input quantized with scale {s}, zero point {z} instead of the folded "
+                          f"{fold['scale']}, {fold['zero_point']}; report this")
+    for n in model.graph.node:
+        for j, i in enumerate(n.input):
+            if i == q.output[0]:
+                if n.op_type != "DequantizeLinear":
+                    raise BundleError(f"int8: {n.name} reads the stem input's quantized pixels; report this")
+                n.input[j] = fold["pixels"]
+    mul = producers[q.input[0]]
+    sub = producers[mul.input[0]]
+    cast = producers[sub.input[0]]
+    for n in (q, mul, sub, cast):
+        model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    dead = [t for t in model.graph.initializer if t.name not in used]
+    for t in dead:
+        model.graph.initializer.remove(t)
+
+
 def _ensure_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     """nodes_to_exclude works by name; give unnamed nodes a stable one."""
     for i, n in enumerate(model.graph.node):
@@ -367,7 +481,10 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         # shape inference + basic fusions (BN folding) so the quantizer sees Conv→Clip chains
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         model = _ensure_node_names(_constants_to_initializers(onnx.load(str(pre))))
-        input_nhwc = _input_norm_in_nhwc(model)
+        # onnxruntime layout: the int8 stem reads the uint8 image (asymmetric, so the mean fits the
+        # zero point); TensorRT's symmetric layout and a float stem keep a float normalisation
+        fold = _fold_input_norm_into_stem(model) if flavor == "onnxruntime" and not exclude_stem else None
+        input_nhwc = fold is None and _input_norm_in_nhwc(model)
         onnx.save(model, str(pre))
         tail = scoring_tail(model)
         # the input normalisation stays float (quantizing its Add would round the pixels)
@@ -387,6 +504,9 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
             act = QuantType.QUInt8
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
+        if fold is not None:  # (x - Z)·s quantized with (s, Z) is the pixel itself
+            extra["TensorQuantOverrides"] = {fold["stem_input"]: [
+                {"scale": np.array(fold["scale"], np.float32), "zero_point": np.array(fold["zero_point"], np.uint8)}]}
         quantize_static(
             str(pre), str(dst), TileReader(calib_tiles, CALIB_BATCH, progress=progress), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=op_types, per_channel=True, reduce_range=reduce_range,
@@ -394,6 +514,10 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
             calibrate_method=calib, extra_options=extra,
         )
     q = onnx.load(str(dst))
+    if fold is not None:
+        _bypass_stem_input_qdq(q, fold)
+        onnx.checker.check_model(q)
+        onnx.save(q, str(dst))
     counts = qdq_counts(q)
     if counts["QuantizeLinear"] == 0:
         raise BundleError(f"{dst}: quantizer inserted no Q/DQ nodes; the graph has no quantizable ops")
@@ -405,7 +529,9 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         "weight_type": "int7-symmetric-per-channel" if reduce_range else "int8-symmetric-per-channel",
         "reduce_range": reduce_range, "calibration_method": method,
         "op_types": op_types, "qdq_nodes": counts, "excluded_nodes": excluded,
-        "float_compute_nodes": float_compute, "exclude_stem": exclude_stem, "input_norm_nhwc": input_nhwc, "n_calibration_tiles": int(len(calib_tiles)),
+        "float_compute_nodes": float_compute, "exclude_stem": exclude_stem,
+        "input_norm": "folded-into-stem" if fold else "float-nhwc" if input_nhwc else "float",
+        **({"input_norm_fold": {k: fold[k] for k in ("scale", "zero_point", "max_border_error_levels")}} if fold else {}), "n_calibration_tiles": int(len(calib_tiles)),
     }
 
 
