@@ -161,3 +161,88 @@ def test_fp16_has_no_cast_round_trips(tiny_multi_bundle: Path) -> None:
     producers = {o: n for n in m.graph.node for o in n.output}
     sqrts = [n for n in m.graph.node if n.op_type == "Sqrt"]
     assert sqrts and all(producers[n.input[0]].op_type == "Mul" for n in sqrts)
+
+
+def _norm_stem_graph(mean: list[float], std: list[float], pads: list[int], size: int = 16) -> onnx.ModelProto:
+    """image (1, S, S, 3) uint8 → Transpose → Cast → Sub(mean) → Mul(1/std) → Conv 3x3 s2, as exported."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.asarray(mean, np.float32).reshape(1, 3, 1, 1), "mean"),
+             numpy_helper.from_array((1 / np.asarray(std, np.float32)).reshape(1, 3, 1, 1), "inv_std"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b")]
+    nodes = [helper.make_node("Transpose", ["image"], ["t"], name="/Transpose", perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["t"], ["c"], name="/Cast", to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["c", "mean"], ["s"], name="/Sub"),
+             helper.make_node("Mul", ["s", "inv_std"], ["x"], name="/Mul"),
+             helper.make_node("Conv", ["x", "w", "b"], ["y"], name="/stem", kernel_shape=[3, 3], strides=[2, 2], pads=pads)]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, size, size, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run_stem(m: onnx.ModelProto, img: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": img})[0]
+
+
+def test_input_norm_fold_is_exact_inside_the_image() -> None:
+    from edgekit.compile.quantize import _fold_input_norm_into_stem
+
+    img = np.random.default_rng(1).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    m = _norm_stem_graph([127.5] * 3, [127.5] * 3, [0, 0, 1, 1])  # tf_efficientnet_lite statistics
+    ref = _run_stem(m, img)
+    fold = _fold_input_norm_into_stem(m)
+    assert fold is not None and fold["zero_point"] == 128 and fold["max_border_error_levels"] == 0.5
+    out = _run_stem(m, img)
+    # interior outputs (no padded tap) are exact; the last row/column reads padding, where the
+    # half-level rest of the mean is off by at most 0.5/127.5 per tap
+    np.testing.assert_allclose(out[..., :-1, :-1], ref[..., :-1, :-1], atol=1e-4)
+    w = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "w"))
+    bound = 0.5 / 127.5 * np.abs(w).sum(axis=(1, 2, 3)).max()
+    assert np.abs(out - ref).max() <= bound + 1e-4
+    # the folded stem input is the dequantized pixel: (x - Z)·s, one zero point and one scale
+    assert {n.op_type for n in m.graph.node} == {"Transpose", "Cast", "Sub", "Mul", "Conv"}
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert inits["input_norm_zero_point"].size == 1 and inits["input_norm_scale"].size == 1
+
+
+def test_input_norm_fold_refuses_a_padded_stem_with_imagenet_means() -> None:
+    from edgekit.compile.quantize import _fold_input_norm_into_stem
+
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    assert _fold_input_norm_into_stem(_norm_stem_graph(mean, std, [1, 1, 1, 1])) is None
+    # without padding the rest of the mean folds into the bias exactly
+    img = np.random.default_rng(2).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    m = _norm_stem_graph(mean, std, [0, 0, 0, 0])
+    ref = _run_stem(m, img)
+    assert _fold_input_norm_into_stem(m) is not None
+    np.testing.assert_allclose(_run_stem(m, img), ref, atol=1e-4)
+
+
+def test_onnxruntime_int8_stem_reads_the_uint8_image(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    src = load_bundle(tiny_bundle).model_path("fp32")
+    tiles = _tiles(tiny_bundle, tiny_dataset, 8)
+    info = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False, flavor="onnxruntime")
+    assert info["input_norm"] == "folded-into-stem" and info["input_norm_fold"]["zero_point"] == 128
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(q, full_check=True)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # image → Transpose (uint8) → DequantizeLinear → stem: no float op at full resolution
+    (tr,) = consumers["image"]
+    assert tr.op_type == "Transpose"
+    (dq,) = consumers[tr.output[0]]
+    assert dq.op_type == "DequantizeLinear" and consumers[dq.output[0]][0].name == stem_nodes(q)[0]
+    assert not [n.name for n in q.graph.node if n.name.startswith("/input_norm/")]
+    _, s32 = ort_run(src, tiles)
+    _, s8 = ort_run(tmp_path / "q.onnx", tiles)
+    assert np.max(np.abs(s8 - s32)) < 0.05 * np.max(np.abs(s32))
+    # TensorRT's symmetric layout and a float stem keep the float normalisation
+    trt = quantize_int8(src, tmp_path / "t.onnx", tiles, progress=False, flavor="tensorrt")
+    stem_f = quantize_int8(src, tmp_path / "f.onnx", tiles, progress=False, exclude_stem=True)
+    assert trt["input_norm"] == stem_f["input_norm"] == "float-nhwc"
