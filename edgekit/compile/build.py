@@ -148,7 +148,7 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
                  precisions: Sequence[str] = ("fp32",), calib_data: str | Path | None = None,
                  eval_data: str | Path | None = None, allow_degraded: bool = False, archive: bool = False,
                  calib_max_tiles: int = 96, eval_max_images: int | None = None, int8_exclude_stem: bool = False,
-                 trt: Any = None, cudart: Any = None) -> Path:
+                 int8_reduce_range: bool | None = None, trt: Any = None, cudart: Any = None) -> Path:
     """Compile a run into a bundle directory (replaced atomically if it exists).
 
     Args:
@@ -158,6 +158,7 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
             run's held-out good images (rank correlation and score differences only).
         allow_degraded: keep a precision whose AUROC drops more than the recipe's tolerance
             (warned and recorded in the manifest) instead of refusing the build.
+        int8_reduce_range: 7-bit int8 weights (see ``quantize_int8``); None: the flavor's default.
         archive: also write ``<bundle_dir>.edgekit`` (single-file tar, manifest first).
         trt / cudart: tensorrt and cuda-python runtime modules for ``--target jetson`` on the
             device (default: imported there; tests pass fakes).
@@ -175,7 +176,8 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
     tmp.mkdir(parents=True)
     try:
         manifest = _build_into(run, Path(run_dir), tmp, out, target, keys, calib_data, eval_data, allow_degraded,
-                               calib_max_tiles, eval_max_images, int8_exclude_stem, trt, cudart, quiet, cal)
+                               calib_max_tiles, eval_max_images, int8_exclude_stem, int8_reduce_range, trt, cudart, quiet,
+                               cal)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a refused build leaves no half bundle behind
         raise
@@ -200,7 +202,8 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
 
 def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys: list[str], calib_data: Any,
                 eval_data: Any, allow_degraded: bool, calib_max_tiles: int, eval_max_images: int | None,
-                int8_exclude_stem: bool, trt: Any, cudart: Any, quiet: bool, cal: dict[str, Any]) -> dict[str, Any]:
+                int8_exclude_stem: bool, int8_reduce_range: bool | None, trt: Any, cudart: Any, quiet: bool,
+                cal: dict[str, Any]) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import torch
@@ -239,7 +242,7 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
         # the Q/DQ layout follows the runtime that will execute it (see quantize.INT8_FLAVORS)
         flavor = "tensorrt" if target == "jetson" else "onnxruntime"
         qinfo = quantize_int8(onnx_path, tmp / MODEL_FILES["int8"], tiles, exclude_stem=int8_exclude_stem,
-                              progress=not quiet, flavor=flavor)
+                              progress=not quiet, flavor=flavor, reduce_range=int8_reduce_range)
         set_metadata(tmp / MODEL_FILES["int8"], {**meta, "edgekit.precision": "int8"})
         models["int8"] = {"file": MODEL_FILES["int8"], "kind": "onnx", "precision": "int8", "quantization": qinfo,
                           "calibration_data": cinfo}

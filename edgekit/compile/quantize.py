@@ -518,6 +518,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         _bypass_stem_input_qdq(q, fold)
         onnx.checker.check_model(q)
         onnx.save(q, str(dst))
+        present = {n.name for n in q.graph.node}
+        excluded = [n for n in excluded if n in present]  # the float normalisation is gone
     counts = qdq_counts(q)
     if counts["QuantizeLinear"] == 0:
         raise BundleError(f"{dst}: quantizer inserted no Q/DQ nodes; the graph has no quantizable ops")

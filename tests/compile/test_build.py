@@ -73,3 +73,13 @@ def test_cli_build_archive(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.M
     assert res.exit_code == 0, res.output
     b = load_bundle(tmp_path / "b.edgekit")
     assert b.bundle_id == load_bundle(tmp_path / "b").bundle_id
+
+
+def test_int8_reduce_range_is_explicit_and_recorded(tiny_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    from edgekit.compile.build import build_bundle
+
+    out = build_bundle(tiny_run, tmp_path / "b", precisions=["fp32", "int8"], eval_data=tiny_dataset,
+                       allow_degraded=True, calib_max_tiles=8, int8_reduce_range=False, quiet=True)
+    q = load_bundle(out).models["int8"]["quantization"]
+    assert q["reduce_range"] is False and q["weight_type"] == "int8-symmetric-per-channel"
+    assert q["input_norm"] == "folded-into-stem"
