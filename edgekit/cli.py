@@ -165,14 +165,20 @@ def calibrate(model_dir: str, data_dir: str, frr: float, confidence: float, meth
 @click.option("--allow-degraded", is_flag=True, help="Keep a precision that fails the accuracy gate (warned, recorded).")
 @click.option("--engine-only", is_flag=True, help="MODEL_DIR is a bundle: build its TensorRT engines on this device.")
 @click.option("--archive", is_flag=True, help="Also write a single-file BUNDLE.edgekit archive.")
+@click.option("--int8-reduce-range/--no-int8-reduce-range", default=None,
+              help="INT8 (cpu target): 7-bit weights, safe on every x86 CPU (default). --no-int8-reduce-range "
+                   "keeps 8-bit weights: more accurate, but only for CPUs with VNNI (AVX512-VNNI/AVX-VNNI) "
+                   "or ARM; without VNNI the u8s8 products saturate.")
 @_handle_errors
 def build(model_dir: str, target: str, bundle_dir: str | None, precision: str, calib_data: str | None,
-          eval_data: str | None, allow_degraded: bool, engine_only: bool, archive: bool) -> None:
+          eval_data: str | None, allow_degraded: bool, engine_only: bool, archive: bool,
+          int8_reduce_range: bool | None) -> None:
     """Compile a RUN_DIR into a bundle (ONNX with scoring fused, FP16/INT8, manifest, hashes)."""
     from edgekit.compile.build import build_cli
 
     build_cli(model_dir, target=target, bundle_dir=bundle_dir, precision=precision, calib_data=calib_data,
-              eval_data=eval_data, allow_degraded=allow_degraded, engine_only=engine_only, archive=archive)
+              eval_data=eval_data, allow_degraded=allow_degraded, engine_only=engine_only, archive=archive,
+              int8_reduce_range=int8_reduce_range)
 
 
 @main.command()
@@ -231,9 +237,27 @@ def bench(target: str, as_json: bool, threads: int, batches: str, precisions: st
               help="Good images of the new lot (a folder, or a dataset with train/good/).")
 @click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Number of centres (default: keep).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--sweep", "sweep", default=None,
+              help="Comma list of k (e.g. 1,2,4,8): report image AUROC and coverage on DIR's labelled test "
+                   "split for each, write RUN_DIR/k_sweep.json and .png; the run is not changed.")
 @_handle_errors
-def recluster(run_dir: str, data_dir: str, k: int | None, device: str) -> None:
+def recluster(run_dir: str, data_dir: str, k: int | None, device: str, sweep: str | None) -> None:
     """Recompute a CSE run's k-means centres from new good images (embedder unchanged)."""
+    if sweep is not None:
+        from pathlib import Path
+
+        from edgekit.bundle.io import write_json_atomic
+        from edgekit.errors import ConfigError
+        from edgekit.methods.cse.cluster import sweep_k
+
+        try:
+            ks = [int(v) for v in sweep.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--sweep {sweep!r}: give a comma list of integers, e.g. 1,2,4,8") from None
+        res = sweep_k(run_dir, data_dir, ks, device=device, plot_path=Path(run_dir) / "k_sweep.png")
+        write_json_atomic(Path(run_dir) / "k_sweep.json", res)
+        click.echo(f"k sweep written to {Path(run_dir) / 'k_sweep.json'} and {res['plot']}")
+        return
     from edgekit.methods.cse.cluster import recluster_run
 
     recluster_run(run_dir, data_dir, k=k, device=device)

@@ -346,7 +346,7 @@ def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = 
 
 def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None, precision: str = "fp32",
               calib_data: str | None = None, eval_data: str | None = None, allow_degraded: bool = False,
-              engine_only: bool = False, archive: bool = False) -> None:
+              engine_only: bool = False, archive: bool = False, int8_reduce_range: bool | None = None) -> None:
     """`edgekit build`: a run directory → bundle; with ``--engine-only`` a bundle → its engines."""
     if engine_only:
         if target != "jetson":
@@ -364,4 +364,5 @@ def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None
         raise BundleError(f"{model_dir} is a bundle; pass the run directory, or --target jetson --engine-only to add engines")
     out = bundle_dir or str(Path(model_dir).with_name(Path(model_dir).name + "-bundle"))
     build_bundle(model_dir, out, target=target, precisions=parse_precisions(precision), calib_data=calib_data,
-                 eval_data=eval_data, allow_degraded=allow_degraded, archive=archive)
+                 eval_data=eval_data, allow_degraded=allow_degraded, archive=archive,
+                 int8_reduce_range=int8_reduce_range)

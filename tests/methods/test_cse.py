@@ -303,3 +303,25 @@ def test_preview_synthesis_cli(cse_run: Path, tmp_path: Path) -> None:
                                        "--size", "48", "--n", "2"])
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(out)).shape == (96, 4 * 48, 3)
+
+
+def test_k_sweep_reports_every_k_and_leaves_the_run_unchanged(cse_run: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    data = tmp_path / "labelled"
+    _write_images(data / "train" / "good", 10, seed=7, tint=(1.0, 1.0, 1.0))
+    _write_images(data / "test" / "good", 4, seed=8, tint=(1.0, 1.0, 1.0))
+    _write_images(data / "test" / "tint", 4, seed=9, tint=(1.0, 0.3, 0.2))
+    before = (cse_run / "model.pt").read_bytes()
+    result = CliRunner().invoke(main, ["recluster", str(cse_run), "--data", str(data), "--sweep", "1,2,3"])
+    assert result.exit_code == 0, result.output
+    assert (cse_run / "model.pt").read_bytes() == before
+    doc = json.loads((cse_run / "k_sweep.json").read_text())
+    assert [r["k"] for r in doc["rows"]] == [1, 2, 3] and doc["n_test"] == 8
+    for r in doc["rows"]:
+        assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["coverage"] <= 1.0 and sum(r["cluster_sizes"]) == doc["n_train_images"] == 8
+    assert (cse_run / "k_sweep.png").stat().st_size > 1000
+    bad = CliRunner().invoke(main, ["recluster", str(cse_run), "--data", str(data), "--sweep", "1,x"])
+    assert bad.exit_code != 0 and "comma list of integers" in bad.output

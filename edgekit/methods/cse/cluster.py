@@ -9,6 +9,7 @@ Thomine & Snoussi)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -189,3 +190,105 @@ def recluster_run(run_dir: str | Path, data_dir: str | Path, k: int | None = Non
               f"({old['centres_sha256'][:12]} -> {facts['centres_sha256'][:12]}); embedder unchanged; "
               "re-run `edgekit build` (and calibrate) to ship them")
     return record
+
+
+def sweep_k(run_dir: str | Path, data_dir: str | Path, ks: Sequence[int], device: str = "cpu",
+            plot_path: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """How the number of k-means centres changes accuracy, without touching the run.
+
+    The embedder is fixed; for every k the centres are fitted (k-means++ → nearest real
+    embedding, as in training) on the good images of ``data_dir/train/good`` split like training,
+    and the labelled test split of ``data_dir`` is scored (image score = max over its tiles of
+    the min cosine distance to the centres).
+
+    Args:
+        run_dir: a trained CSE run.
+        data_dir: dataset in the MVTec layout with ``train/good`` and a labelled ``test/``.
+        ks: centre counts to try, e.g. (1, 2, 4, 8).
+        plot_path: optional PNG of image AUROC and coverage against k.
+    Returns:
+        {"rows": [{"k", "image_auroc", "coverage", "review_share", "mean_train_distance"}], ...}
+    """
+    import torch
+
+    from edgekit.data.dataset import scan_dataset, split_train_val
+    from edgekit.data.images import read_image
+    from edgekit.data.preprocess import make_tiles
+    from edgekit.errors import DataError
+    from edgekit.evaluate.metrics import coverage, image_auroc
+    from edgekit.train import _batches, load_run, load_tiles, normalise
+
+    run = load_run(run_dir, device=device)
+    model = run.model
+    if run.recipe.method.get("type") != "cse" or not hasattr(model, "fit_centres"):
+        raise ConfigError(f"{run.path}: the k sweep applies to CSE runs only (this run is {run.recipe.method.get('type')!r})")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"k values must be >= 1, got {ks}")
+    idx = scan_dataset(data_dir, require_test=True)
+    labels = [s.label for s in idx.test]
+    if len(set(labels)) < 2:
+        raise DataError(f"{data_dir}: the k sweep needs good and defect test images (test/good and test/<defect>)")
+    tr = run.recipe.train
+    train_paths, _ = split_train_val(idx.train_good, tr.val_fraction, tr.seed)
+    train_tiles, _ = load_tiles(train_paths, run.spec, "decode train")
+    dev = next(model.parameters()).device
+    emb = model.collect_embeddings(normalise(b.to(dev), run.spec) for b in _batches(train_tiles, tr.batch_size, False, None))
+    if emb.shape[0] < max(ks):
+        raise ConfigError(f"k up to {max(ks)} needs at least that many training tiles (have {emb.shape[0]})")
+    test_emb, owner = [], []
+    for i, sample in enumerate(idx.test):
+        tiles, _ = make_tiles(read_image(sample.path), run.spec)
+        test_emb.append(model.collect_embeddings(normalise(b.to(dev), run.spec) for b in _batches(tiles, tr.batch_size, False, None)))
+        owner += [i] * len(tiles)
+    test_e = torch.cat(test_emb)
+    owner_a = np.asarray(owner)
+    rows = []
+    saved = {k: v.clone() for k, v in model.scorer.state_dict().items()}
+    try:
+        for k in ks:
+            facts = model.fit_centres(emb, k=k)
+            with torch.no_grad():
+                _, tile_scores = model.scorer(test_e.to(dev), (run.spec.size, run.spec.size))
+            ts = tile_scores.cpu().numpy()
+            scores = np.full(len(idx.test), -np.inf)
+            np.maximum.at(scores, owner_a, ts)
+            cov = coverage(labels, scores) or {}
+            rows.append({"k": k, "image_auroc": image_auroc(labels, scores), "coverage": cov.get("coverage"),
+                         "review_share": cov.get("review_share"), "cluster_sizes": facts["cluster_sizes"],
+                         "mean_train_distance": facts["mean_train_distance"]})
+            if not quiet:
+                r = rows[-1]
+                print(f"k={k:3d}  image AUROC {r['image_auroc']:.4f}  coverage {r['coverage']:.3f}  "
+                      f"clusters {r['cluster_sizes']}")
+    finally:
+        model.scorer.load_state_dict(saved)  # the run itself is not changed
+    out: dict[str, Any] = {"run": str(run.path), "data": str(Path(data_dir).resolve()), "n_train_images": len(train_paths),
+                           "n_test": len(labels), "rows": rows}
+    if plot_path is not None:
+        out["plot"] = str(_plot_k_sweep(rows, Path(plot_path)))
+    return out
+
+
+def _plot_k_sweep(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [r["k"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    ax.plot(ks, [r["image_auroc"] for r in rows], "o-", label="image AUROC")
+    ax.plot(ks, [r["coverage"] for r in rows], "s--", label="coverage")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (centres)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("CSE: accuracy vs number of k-means centres")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
