@@ -70,7 +70,8 @@ class MaskedReverseDistillation(AnomalyModel):
             embed, ResBlock(embed, embed, stride=2), cfg.scconv_gn_groups, cfg.scconv_alpha
         )
         self.decoder = StudentDecoder(embed, ch, st, width=cfg.decoder_width)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch))
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch),
+                                         map_stride=int(st[0]))
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]

@@ -42,7 +42,8 @@ class ReverseDistillation(AnomalyModel):
         embed = max(16, int(round(ch[-1] * cfg.embed_factor)))
         self.bottleneck = OneClassBottleneck(ch, st, embed)
         self.decoder = StudentDecoder(embed, ch, st, width=cfg.decoder_width)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch))
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch),
+                                         map_stride=int(st[0]))
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]

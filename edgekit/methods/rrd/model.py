@@ -103,7 +103,8 @@ class ResidualReverseDistillation(AnomalyModel):
                 )
                 self.residual_at[j] = i
         self.layer_weights = AdaptiveLayerWeights(self.n_layers, cfg.adaptive_momentum, cfg.adaptive_weights)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch))
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch),
+                                         map_stride=int(st[0]))
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
