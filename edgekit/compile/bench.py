@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.compile.cost import model_cost
 from edgekit.errors import BundleError
 
 
@@ -89,7 +90,7 @@ def candidates_for(target: str | Path, threads: int, precisions: Sequence[str] |
         cands.append(_torch_candidate(p, threads))
         cands.append(_ort_candidate(onnx_path, "fp32", threads))
         return cands, ["build a bundle with --precision fp32,fp16,int8 to time reduced precisions"], {
-            "source": str(p), "kind": "run", "input_size": run.spec.size}
+            "source": str(p), "kind": "run", "input_size": run.spec.size, "model_cost": model_cost(onnx_path)}
     bundle = load_bundle(p)
     for key, entry in bundle.models.items():
         if precisions and entry.get("precision") not in precisions:
@@ -107,7 +108,7 @@ def candidates_for(target: str | Path, threads: int, precisions: Sequence[str] |
     elif with_torch:
         skipped.append("torch-eager: the run directory named in the manifest is not here (or torch is missing)")
     return cands, skipped, {"source": str(p), "kind": "bundle", "input_size": bundle.preprocess.size,
-                            "bundle_id": bundle.bundle_id}
+                            "bundle_id": bundle.bundle_id, "model_cost": model_cost(bundle.model_path("fp32"))}
 
 
 def time_candidates(cands: Sequence[Candidate], size: int, batch: int, warmup: int = 5, rounds: int = 6,
@@ -170,6 +171,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['source']}  input {result['input_size']}²  threads {result['threads']}  "
              f"(interleaved: {result['rounds']} rounds x {result['iters_per_round']} runs, {result['warmup']} warm-up)",
              f"{'model':<22}{'batch':>6}{'median ms':>12}{'p99 ms':>10}{'tiles/s':>10}"]
+    cost = result.get("model_cost")
+    if cost:
+        lines.insert(1, f"model: {cost['params'] / 1e6:.2f} M parameters, {cost['gmacs']:.3f} GMACs per tile "
+                        "(conv/matmul of the exported graph)")
     for r in result["rows"]:
         lines.append(f"{r['name']:<22}{r['batch']:>6}{r['latency_median_ms']:>12.2f}{r['latency_p99_ms']:>10.2f}"
                      f"{r['throughput_tiles_per_s']:>10.1f}")
