@@ -166,9 +166,10 @@ def calibrate(model_dir: str, data_dir: str, frr: float, confidence: float, meth
 @click.option("--engine-only", is_flag=True, help="MODEL_DIR is a bundle: build its TensorRT engines on this device.")
 @click.option("--archive", is_flag=True, help="Also write a single-file BUNDLE.edgekit archive.")
 @click.option("--int8-reduce-range/--no-int8-reduce-range", default=None,
-              help="INT8 (cpu target): 7-bit weights, safe on every x86 CPU (default). --no-int8-reduce-range "
-                   "keeps 8-bit weights: more accurate, but only for CPUs with VNNI (AVX512-VNNI/AVX-VNNI) "
-                   "or ARM; without VNNI the u8s8 products saturate.")
+              help="INT8 (cpu target): 7-bit weights, safe on every x86 CPU; --no-int8-reduce-range keeps 8-bit "
+                   "weights, more accurate but only for CPUs with VNNI (AVX512-VNNI/AVX-VNNI) or ARM (without "
+                   "VNNI u8s8 products saturate). Default: what the build host can run (recorded; the daemon "
+                   "warns on a CPU without VNNI).")
 @_handle_errors
 def build(model_dir: str, target: str, bundle_dir: str | None, precision: str, calib_data: str | None,
           eval_data: str | None, allow_degraded: bool, engine_only: bool, archive: bool,

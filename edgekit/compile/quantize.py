@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,21 @@ def _constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _only_user_of(model: onnx.ModelProto) -> Callable[[str, str], onnx.NodeProto | None]:
+    """``only_user(tensor, op)``: the node consuming ``tensor`` if it is its single consumer and
+    of type ``op``, else None (pattern matching for the graph rewrites below)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def only_user(name: str, op: str) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    return only_user
+
+
 def _input_norm_in_nhwc(model: onnx.ModelProto) -> bool:
     """Move the fused input normalisation ahead of the layout transpose, as full-size constants.
 
@@ -118,14 +133,7 @@ def _input_norm_in_nhwc(model: onnx.ModelProto) -> bool:
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def only_user(name: str, op: str) -> onnx.NodeProto | None:
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
+    only_user = _only_user_of(model)
 
     graph_in = model.graph.input[0]
     dims = [d.dim_value for d in graph_in.type.tensor_type.shape.dim]
@@ -184,14 +192,7 @@ def _fold_input_norm_into_stem(model: onnx.ModelProto) -> dict[str, Any] | None:
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def only_user(name: str, op: str) -> onnx.NodeProto | None:
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and users[0].op_type == op else None
+    only_user = _only_user_of(model)
 
     graph_in = model.graph.input[0]
     if graph_in.type.tensor_type.elem_type != onnx.TensorProto.UINT8:

@@ -83,3 +83,14 @@ def test_int8_reduce_range_is_explicit_and_recorded(tiny_run: Path, tiny_dataset
     q = load_bundle(out).models["int8"]["quantization"]
     assert q["reduce_range"] is False and q["weight_type"] == "int8-symmetric-per-channel"
     assert q["input_norm"] == "folded-into-stem"
+
+
+def test_int8_reduce_range_default_follows_the_build_host(tiny_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    from edgekit.compile.build import build_bundle
+    from edgekit.runtime.backends.ort import cpu_int8_dot
+
+    out = build_bundle(tiny_run, tmp_path / "b", precisions=["fp32", "int8"], eval_data=tiny_dataset,
+                       allow_degraded=True, calib_max_tiles=8, quiet=True)
+    q = load_bundle(out).models["int8"]["quantization"]
+    assert q["reduce_range"] is (cpu_int8_dot() is not True)
+    assert ("8-bit weights" if cpu_int8_dot() else "7-bit weights") in q["reduce_range_reason"]

@@ -17,6 +17,35 @@ from edgekit.runtime.types import Batch, RawOutput
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+def cpu_int8_dot(cpuinfo: str | None = None, machine: str | None = None) -> bool | None:
+    """Whether this CPU multiplies int8 without saturating: x86 with VNNI (AVX512-VNNI or
+    AVX-VNNI: u8·s8 products accumulate in int32), or ARM. x86 without VNNI runs onnxruntime's
+    u8s8 kernels through ``pmaddubsw``, whose int16 pair sums saturate with full 8-bit weights,
+    so such CPUs need 7-bit weights (``reduce_range``). None when it cannot be told.
+
+    Args:
+        cpuinfo: text of /proc/cpuinfo (read when None).
+        machine: ``platform.machine()`` (read when None).
+    """
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    if machine not in ("x86_64", "amd64", "i686", "i386"):
+        return None
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def session_options(threads: int = 0, profile_prefix: str | None = None) -> Any:
     """The one onnxruntime session configuration edgekit uses everywhere (daemon, evaluation,
     build checks, ``bench``, benchmarks), so that what is measured is what runs on the line.
@@ -78,6 +107,17 @@ class OrtBackend(Backend):
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: onnxruntime cannot load the model ({str(exc).splitlines()[0]}); rebuild the bundle") from None
+        q = bundle.models.get(self.cfg.precision, {}).get("quantization", {})
+        if self.cfg.precision == "int8" and q.get("reduce_range") is False and cpu_int8_dot() is False:
+            import logging
+
+            from edgekit.runtime.logs import LOGGER_NAME, emit
+
+            # not refused: the model runs, but u8s8 products may saturate; the accuracy gate ran on
+            # the build host, which had VNNI
+            emit(logging.getLogger(LOGGER_NAME), logging.WARNING, "int8_saturation_risk",
+                 model=str(path), fix="this CPU has no VNNI: rebuild the bundle with `edgekit build "
+                 "--int8-reduce-range` (7-bit weights) or run precision fp32")
         names = {o.name for o in sess.get_outputs()}
         if "score" not in names or [i.name for i in sess.get_inputs()] != ["image"]:
             raise BundleError(f"{path}: model does not follow the contract (input 'image', outputs "
