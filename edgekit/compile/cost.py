@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+# input positions of (weight, bias) per convolution op
+_CONV_WEIGHT_BIAS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "QLinearConv": (3, 8)}
+
 
 def _dims(vi: Any) -> list[int] | None:
     t = vi.type.tensor_type
@@ -44,6 +47,7 @@ def model_cost(path: str | Path) -> dict[str, Any]:
     for vi in [*g.input, *g.output, *g.value_info]:
         shapes[vi.name] = _dims(vi)
     inits = {t.name: tuple(t.dims) for t in g.initializer}
+
     def shape(name: str) -> list[int] | None:
         if name in inits:
             return list(inits[name])
@@ -56,14 +60,14 @@ def model_cost(path: str | Path) -> dict[str, Any]:
     for n in g.node:
         op = n.op_type
         macs = 0
-        if op in ("Conv", "ConvTranspose", "QLinearConv"):
-            w_name = n.input[3] if op == "QLinearConv" else n.input[1]
-            w = shape(dq_src.get(w_name, w_name))
+        if op in _CONV_WEIGHT_BIAS:
+            wi, bi = _CONV_WEIGHT_BIAS[op]
+            w = shape(dq_src.get(n.input[wi], n.input[wi]))
             y = shape(n.output[0])
             x = shape(n.input[0])
             if not w or not y or not x:
                 continue
-            b_name = n.input[8] if op == "QLinearConv" and len(n.input) > 8 else (n.input[2] if op != "QLinearConv" and len(n.input) > 2 else "")
+            b_name = n.input[bi] if len(n.input) > bi else ""
             b = shape(dq_src.get(b_name, b_name)) if b_name else None
             params += int(np.prod(w)) + (int(np.prod(b)) if b else 0)
             k = int(np.prod(w[2:])) if len(w) > 2 else 1

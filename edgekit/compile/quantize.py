@@ -534,7 +534,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         "op_types": op_types, "qdq_nodes": counts, "excluded_nodes": excluded,
         "float_compute_nodes": float_compute, "exclude_stem": exclude_stem,
         "input_norm": "folded-into-stem" if fold else "float-nhwc" if input_nhwc else "float",
-        **({"input_norm_fold": {k: fold[k] for k in ("scale", "zero_point", "max_border_error_levels")}} if fold else {}), "n_calibration_tiles": int(len(calib_tiles)),
+        "n_calibration_tiles": int(len(calib_tiles)),
+        **({"input_norm_fold": {k: fold[k] for k in ("scale", "zero_point", "max_border_error_levels")}} if fold else {}),
     }
 
 

@@ -544,8 +544,11 @@ class Daemon:
                 decision = pipe.decider.failsafe(frame, "backend_error", model_id=pipe.backend.model_id)
                 emit(self.log, logging.ERROR, "backend_error", part_id=frame.part_id, error=repr(exc))
             now = time.monotonic_ns()
-            # typical time per frame (EWMA), to skip frames that could not make their deadline
-            self._work_ns = int(0.9 * self._work_ns + 0.1 * (now - self._busy_since_ns))
+            # typical time per frame (EWMA), to skip frames that could not make their deadline. One
+            # stuck call (seconds) must not poison it: above the deadline the estimate would skip
+            # every later frame, so no call would ever lower it again and the line would fail
+            # every part safe until restarted. A sample counts at most as one deadline.
+            self._work_ns = int(0.9 * self._work_ns + 0.1 * min(now - self._busy_since_ns, self._deadline_ns))
             self._last_progress_ns = now
             self._busy_since_ns = None
             self._free_slot()

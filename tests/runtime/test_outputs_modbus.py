@@ -171,3 +171,16 @@ def test_daemon_survives_plc_outage(tmp_path) -> None:
     # the restarted PLC came up with zeroed registers; the block was rewritten on reconnect and
     # the counter kept counting every part reported after that
     assert part_count == 75
+
+
+def test_failed_goodbye_write_is_counted(plc) -> None:
+    """Closing while the PLC is already gone: READY=0 cannot be written; that is counted and
+    recorded, not dropped (the PLC's heartbeat timeout then takes the line to its safe state)."""
+    out = ModbusOutput(ModbusOutputConfig(host="127.0.0.1", port=plc.port, retry_initial_s=0.05, retry_max_s=0.2))
+    out.open()
+    out.set_line("heartbeat", True)
+    assert _wait(lambda: plc.hr(0)[0] == 1)
+    plc.stop()
+    out.close()
+    assert out.errors >= 1
+    assert any(f"127.0.0.1:{plc.port} unreachable at shutdown: READY=0 not written" in e for e in out.pop_errors())

@@ -135,6 +135,30 @@ def _good_images(data_dir: str | Path) -> list[Path]:
     return paths
 
 
+def _load_cse_run(run_dir: str | Path, device: str, what: str) -> Any:
+    """A trained run that is a CSE run, or ConfigError naming what needs one."""
+    from edgekit.train import load_run
+
+    run = load_run(run_dir, device=device)
+    if run.recipe.method.get("type") != "cse" or not hasattr(run.model, "fit_centres"):
+        raise ConfigError(f"{run.path}: {what} applies to CSE runs only (this run is {run.recipe.method.get('type')!r})")
+    return run
+
+
+def _train_embeddings(run: Any, train_paths: Sequence[Path], where: str | Path) -> tuple[Any, list[str]]:
+    """Embeddings (M, E, g, g) of the tiles of good images, as clustered in training; plus the
+    unreadable files skipped."""
+    from edgekit.errors import DataError
+    from edgekit.train import _batches, load_tiles, normalise
+
+    tiles, skipped = load_tiles(train_paths, run.spec, "decode")
+    if len(tiles) == 0:
+        raise DataError(f"{where}: no readable good images; check the folder")
+    dev = next(run.model.parameters()).device
+    bs = run.recipe.train.batch_size
+    return run.model.collect_embeddings(normalise(b.to(dev), run.spec) for b in _batches(tiles, bs, False, None)), skipped
+
+
 def recluster_run(run_dir: str | Path, data_dir: str | Path, k: int | None = None, device: str = "cpu",
                   quiet: bool = False) -> dict[str, Any]:
     """Recompute a CSE run's centres from new good images without retraining the embedder
@@ -152,29 +176,23 @@ def recluster_run(run_dir: str | Path, data_dir: str | Path, k: int | None = Non
     """
     from edgekit.bundle.io import write_json_atomic
     from edgekit.data.dataset import dataset_hash, split_train_val
-    from edgekit.errors import DataError
-    from edgekit.train import _batches, _save_atomic, load_run, load_tiles, normalise, provisional_calibration
+    from edgekit.train import _save_atomic, load_tiles, provisional_calibration
 
-    run = load_run(run_dir, device=device)
+    run = _load_cse_run(run_dir, device, "recluster")
     model = run.model
-    if run.recipe.method.get("type") != "cse" or not hasattr(model, "fit_centres"):
-        raise ConfigError(f"{run.path}: recluster applies to CSE runs only (this run is {run.recipe.method.get('type')!r})")
     paths = _good_images(data_dir)
     tr = run.recipe.train
     train_paths, val_paths = split_train_val(paths, tr.val_fraction, tr.seed)
-    train_tiles, skipped = load_tiles(train_paths, run.spec, "decode")
-    if len(train_tiles) == 0:
-        raise DataError(f"{data_dir}: no readable good images; check the folder")
+    emb, skipped = _train_embeddings(run, train_paths, data_dir)
     val_tiles, _ = load_tiles(val_paths, run.spec, "decode val")
     dev = next(model.parameters()).device
     old = model.export_info()
     k_new = int(k) if k is not None else old["k"]
-    emb = model.collect_embeddings(normalise(b.to(dev), run.spec) for b in _batches(train_tiles, tr.batch_size, False, None))
     facts = model.fit_centres(emb, k=k_new)
     _save_atomic({"model": model.state_dict()}, run.path / "model.pt")
     record = {
         "data_dir": str(Path(data_dir).resolve()), "data_hash": dataset_hash(paths),
-        "n_train_images": len(train_paths), "n_val_images": len(val_paths), "n_train_tiles": int(len(train_tiles)),
+        "n_train_images": len(train_paths), "n_val_images": len(val_paths), "n_train_tiles": int(emb.shape[0]),
         "skipped": skipped, "k": k_new, "old_centres_sha256": old["centres_sha256"],
         "centres_sha256": facts["centres_sha256"], "cluster_sizes": facts["cluster_sizes"],
         "mean_train_distance": facts["mean_train_distance"],
@@ -216,12 +234,10 @@ def sweep_k(run_dir: str | Path, data_dir: str | Path, ks: Sequence[int], device
     from edgekit.data.preprocess import make_tiles
     from edgekit.errors import DataError
     from edgekit.evaluate.metrics import coverage, image_auroc
-    from edgekit.train import _batches, load_run, load_tiles, normalise
+    from edgekit.train import _batches, normalise
 
-    run = load_run(run_dir, device=device)
+    run = _load_cse_run(run_dir, device, "the k sweep")
     model = run.model
-    if run.recipe.method.get("type") != "cse" or not hasattr(model, "fit_centres"):
-        raise ConfigError(f"{run.path}: the k sweep applies to CSE runs only (this run is {run.recipe.method.get('type')!r})")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError(f"k values must be >= 1, got {ks}")
@@ -231,9 +247,8 @@ def sweep_k(run_dir: str | Path, data_dir: str | Path, ks: Sequence[int], device
         raise DataError(f"{data_dir}: the k sweep needs good and defect test images (test/good and test/<defect>)")
     tr = run.recipe.train
     train_paths, _ = split_train_val(idx.train_good, tr.val_fraction, tr.seed)
-    train_tiles, _ = load_tiles(train_paths, run.spec, "decode train")
+    emb, _ = _train_embeddings(run, train_paths, data_dir)
     dev = next(model.parameters()).device
-    emb = model.collect_embeddings(normalise(b.to(dev), run.spec) for b in _batches(train_tiles, tr.batch_size, False, None))
     if emb.shape[0] < max(ks):
         raise ConfigError(f"k up to {max(ks)} needs at least that many training tiles (have {emb.shape[0]})")
     test_emb, owner = [], []

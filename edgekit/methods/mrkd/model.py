@@ -15,8 +15,7 @@ The eval forward is deterministic and traceable: masking depends only on ``self.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -25,10 +24,10 @@ from torch import nn
 from edgekit.config.base import StrictModel
 from edgekit.config.recipe import Recipe
 from edgekit.methods import METHODS
-from edgekit.methods.base import AnomalyModel, AnomalyOutput, MethodPlugin
+from edgekit.methods.base import AnomalyModel, MethodPlugin
 from edgekit.methods.mrkd.components import FeatureMasking, SCSAttBottleneck, even
 from edgekit.methods.mrkd.loss import masked_distillation_loss
-from edgekit.methods.mrkd.scoring import DistillationScorer, cosine_distance_maps
+from edgekit.methods.mrkd.scoring import DistillationModel, DistillationScorer, cosine_distance_maps
 from edgekit.methods.rd.components import MultiScaleFusion, ResBlock, StudentDecoder
 from edgekit.methods.rrd.model import check_stages
 
@@ -51,7 +50,7 @@ class MrkdConfig(StrictModel):
     combine: Literal["sum", "mean"] = "sum"
 
 
-class MaskedReverseDistillation(AnomalyModel):
+class MaskedReverseDistillation(DistillationModel):
     """Teacher → MSFF → FMM → SCSAtt bottleneck → student decoder."""
 
     method_name = "mrkd"
@@ -90,14 +89,6 @@ class MaskedReverseDistillation(AnomalyModel):
     def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
         return cosine_distance_maps(*self._features(x))
-
-    @torch.no_grad()
-    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
-        return self.scorer.fit(self.layer_maps(x) for x in images)
-
-    def forward(self, x: torch.Tensor) -> AnomalyOutput:
-        amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
-        return AnomalyOutput(amap, score)
 
 
 @METHODS.register("mrkd", family="distillation")

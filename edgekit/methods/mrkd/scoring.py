@@ -2,6 +2,6 @@
 1 − cos maps, bilinear upsampling to the input size, sum, Gaussian smoothing (recipe
 ``score.smoothing_sigma``), image score = max of the map."""
 
-from edgekit.methods.rd.scoring import DistillationScorer, cosine_distance_maps
+from edgekit.methods.rd.scoring import DistillationModel, DistillationScorer, cosine_distance_maps
 
-__all__ = ["DistillationScorer", "cosine_distance_maps"]
+__all__ = ["DistillationModel", "DistillationScorer", "cosine_distance_maps"]

@@ -4,8 +4,7 @@ trainable one-class bottleneck + student decoder; loss = Σ_layers mean(1 − co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -14,9 +13,9 @@ from torch import nn
 from edgekit.config.base import StrictModel
 from edgekit.config.recipe import Recipe
 from edgekit.methods import METHODS
-from edgekit.methods.base import AnomalyModel, AnomalyOutput, MethodPlugin
+from edgekit.methods.base import AnomalyModel, MethodPlugin
 from edgekit.methods.rd.components import OneClassBottleneck, StudentDecoder
-from edgekit.methods.rd.scoring import DistillationScorer, cosine_distance_maps
+from edgekit.methods.rd.scoring import DistillationModel, DistillationScorer, cosine_distance_maps
 
 
 class RdConfig(StrictModel):
@@ -28,7 +27,7 @@ class RdConfig(StrictModel):
     combine: Literal["sum", "mean"] = "sum"
 
 
-class ReverseDistillation(AnomalyModel):
+class ReverseDistillation(DistillationModel):
     """Teacher → OCBE → student decoder; eval forward returns (map, max score)."""
 
     method_name = "rd"
@@ -63,14 +62,6 @@ class ReverseDistillation(AnomalyModel):
     def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
         return cosine_distance_maps(*self._features(x))
-
-    @torch.no_grad()
-    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
-        return self.scorer.fit(self.layer_maps(x) for x in images)
-
-    def forward(self, x: torch.Tensor) -> AnomalyOutput:
-        amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
-        return AnomalyOutput(amap, score)
 
 
 @METHODS.register("rd", family="distillation")

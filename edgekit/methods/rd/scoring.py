@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from edgekit.methods.base import AnomalyModel, AnomalyOutput
 
 
 def cosine_distance_maps(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -141,6 +144,26 @@ class DistillationScorer(nn.Module):
             amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
         score = torch.amax(amap, dim=(1, 2, 3))
         return amap, score
+
+
+class DistillationModel(AnomalyModel):
+    """Shared eval side of rd, rrd and mrkd: a subclass provides ``layer_maps`` (per-layer
+    1 − cos maps) and ``self.scorer`` (a ``DistillationScorer``); the map, the max score and the
+    fit of the per-layer normalisation are the same for all three."""
+
+    scorer: DistillationScorer
+
+    def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer 1 − cos maps of a normalised batch, (N, 1, h_l, w_l) each, shallow → deep."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
+        return self.scorer.fit(self.layer_maps(x) for x in images)
+
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
+        amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
+        return AnomalyOutput(amap, score)
 
 
 def layer_cosine_losses(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -21,8 +21,7 @@ trainer's ``--data`` given several times trains it on several categories at once
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -32,7 +31,7 @@ from edgekit.config.base import StrictModel
 from edgekit.config.recipe import Recipe
 from edgekit.errors import ConfigError
 from edgekit.methods import METHODS
-from edgekit.methods.base import AnomalyModel, AnomalyOutput, MethodPlugin
+from edgekit.methods.base import AnomalyModel, MethodPlugin
 from edgekit.methods.rd.components import ResBlock, StudentDecoder
 from edgekit.methods.rrd.components import SSPCAB, ConvAttention, PooledFusion, ShallowResidual
 from edgekit.methods.rrd.loss import (
@@ -40,7 +39,7 @@ from edgekit.methods.rrd.loss import (
     sspcab_reconstruction_loss,
     weighted_distillation_loss,
 )
-from edgekit.methods.rrd.scoring import DistillationScorer, cosine_distance_maps
+from edgekit.methods.rrd.scoring import DistillationModel, DistillationScorer, cosine_distance_maps
 
 
 class RrdConfig(StrictModel):
@@ -71,7 +70,7 @@ class RrdConfig(StrictModel):
     combine: Literal["sum", "mean"] = "sum"
 
 
-class ResidualReverseDistillation(AnomalyModel):
+class ResidualReverseDistillation(DistillationModel):
     """Teacher → fusion/attention/SSPCAB bottleneck → light decoder with gated shallow residuals."""
 
     method_name = "rrd"
@@ -141,14 +140,6 @@ class ResidualReverseDistillation(AnomalyModel):
         """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
         t = self._teacher(x)
         return cosine_distance_maps(t, self._student(t)[0])
-
-    @torch.no_grad()
-    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
-        return self.scorer.fit(self.layer_maps(x) for x in images)
-
-    def forward(self, x: torch.Tensor) -> AnomalyOutput:
-        amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
-        return AnomalyOutput(amap, score)
 
 
 def check_stages(method: str, backbone: nn.Module, min_stages: int = 3) -> None:

@@ -3,6 +3,6 @@
 ``score.smoothing_sigma``), image score = max of the map (a single small defect must be able to
 reject a part, so never the mean)."""
 
-from edgekit.methods.rd.scoring import DistillationScorer, cosine_distance_maps
+from edgekit.methods.rd.scoring import DistillationModel, DistillationScorer, cosine_distance_maps
 
-__all__ = ["DistillationScorer", "cosine_distance_maps"]
+__all__ = ["DistillationModel", "DistillationScorer", "cosine_distance_maps"]

@@ -303,12 +303,11 @@ class ModbusOutput(Output):
                 item = self._q.get(timeout=0.05)
             except queue.Empty:
                 item = ("poll",)
-            if item is None:
-                if self._connected:
-                    try:
-                        self._write_a()  # READY cleared: tell the PLC we are going down
-                    except Exception:  # noqa: S110 (best effort on the way down)
-                        pass
+            if item is None:  # close() queued the READY=0 block write just before this
+                if not self._connected:
+                    self.errors += 1
+                    self._errors.append(f"PLC {self.cfg.host}:{self.cfg.port} unreachable at shutdown: READY=0 not "
+                                        "written (the PLC's heartbeat timeout takes the line to its safe state)")
                 return
             if not self._connected:
                 if not self._connect():
