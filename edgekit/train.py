@@ -290,12 +290,13 @@ def train_run(
     model.load_state_dict(torch.load(run / "model.pt", map_location=dev, weights_only=True)["model"])
     model.eval()
     facts = model.after_training(normalise(b.to(dev), spec) for b in _batches(train_tiles, tr.batch_size, False, None))
-    if recipe.score.layer_norm:
+    if recipe.score.layer_norm != "none":
         # score statistics from held-out good images (the student has not fitted them); the
         # training tiles only when nothing is held out
         norm_tiles = val_tiles if len(val_tiles) else train_tiles
         facts.update(model.fit_score_normalisation(
-            normalise(b.to(dev), spec) for b in _batches(norm_tiles, tr.batch_size, False, None)))
+            (normalise(b.to(dev), spec) for b in _batches(norm_tiles, tr.batch_size, False, None)),
+            recipe.score.layer_norm))
     _save_atomic({"model": model.state_dict()}, run / "model.pt")
     calibration = provisional_calibration(model, val_tiles, spec, tr.batch_size, dev)
     info = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from edgekit.config.base import StrictModel, parse_model, read_yaml
 from edgekit.errors import ConfigError
@@ -47,9 +47,18 @@ class TrainConfig(StrictModel):
 
 class ScoreConfig(StrictModel):
     smoothing_sigma: float = Field(4.0, ge=0.0, le=32.0)
-    # distillation methods: standardise each layer's 1 − cos map with its mean/std on held-out
-    # good images before summing (see edgekit/methods/rd/scoring.py); false = the paper's plain sum
-    layer_norm: bool = True
+    # distillation methods: standardise each layer's 1 − cos map on held-out good images before
+    # summing (edgekit/methods/rd/scoring.py): "position" = mean/variance per map position (with
+    # the layer's variance as a prior), "layer" = one mean/std per layer, "none" = the paper's
+    # plain sum. true/false (older recipes) mean "layer"/"none".
+    layer_norm: Literal["position", "layer", "none"] = "position"
+
+    @field_validator("layer_norm", mode="before")
+    @classmethod
+    def _bool_layer_norm(cls, v: object) -> object:
+        if isinstance(v, bool):
+            return "layer" if v else "none"
+        return v
 
 
 class BuildConfig(StrictModel):

@@ -51,10 +51,11 @@ class AnomalyModel(nn.Module):
         for CSE). Returns facts to store in the run (JSON-serialisable)."""
         return {}
 
-    def fit_score_normalisation(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
+    def fit_score_normalisation(self, images: Iterable[torch.Tensor], mode: str = "position") -> dict[str, Any]:
         """Hook run after training with batches of held-out good images: fit score statistics
-        that become part of the model (distillation: per-layer map normalisation). Returns facts
-        to store in the run; the default fits nothing."""
+        that become part of the model (distillation: per-position or per-layer map normalisation,
+        ``mode`` = recipe ``score.layer_norm``). Returns facts to store in the run; the default
+        fits nothing."""
         return {}
 
     def export_info(self) -> dict[str, Any]:

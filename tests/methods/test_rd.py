@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,72 @@ def test_checkpoint_without_layer_norm_loads_as_plain_sum() -> None:
     model.load_state_dict(state)
     assert torch.equal(model.scorer.layer_scale, torch.ones(3))
     assert torch.equal(model.scorer.layer_shift, torch.zeros(3))
+
+
+def _border_layers(gen: torch.Generator, n: int, defect: bool = False) -> list[torch.Tensor]:
+    """One 16×16 layer whose border column is always worse (padding) than the inside."""
+    m = 0.10 + 0.01 * torch.randn(n, 1, 16, 16, generator=gen)
+    m[..., :, 0] += 0.15 + 0.03 * torch.randn(n, 1, 16, generator=gen)  # noisy, always-high border
+    if defect:
+        m[:, 0, 8, 8] += 0.12  # 12 σ of the inside, still below the border's typical level
+    return [m]
+
+
+def test_position_norm_removes_a_border_that_holds_the_max_of_every_good_image() -> None:
+    gen = torch.Generator().manual_seed(2)
+    good = [_border_layers(gen, 4) for _ in range(10)]
+    test_good, test_bad = _border_layers(gen, 16), _border_layers(gen, 16, defect=True)
+    from edgekit.evaluate.metrics import image_auroc
+
+    def auroc(sc: DistillationScorer) -> float:
+        s = torch.cat([sc(test_good, (16, 16))[1], sc(test_bad, (16, 16))[1]]).numpy()
+        return image_auroc(np.r_[np.zeros(16), np.ones(16)], s)
+
+    layer = DistillationScorer(sigma=0.0, n_layers=1)
+    facts = layer.fit(iter(good), mode="layer")
+    assert layer.mode == "layer" and facts["layer_norm"]["mode"] == "layer"
+    pos = DistillationScorer(sigma=0.0, n_layers=1)
+    facts = pos.fit(iter(good), mode="position")
+    assert pos.mode == "position" and pos.pos_shift0.shape == (1, 1, 16, 16)
+    assert facts["layer_norm"] == {"mode": "position", "images": 40, "mean": facts["layer_norm"]["mean"],
+                                   "std": facts["layer_norm"]["std"], "pixels": [40 * 256]}
+    assert auroc(layer) < 0.8  # the border decides the score of every image
+    assert auroc(pos) == 1.0
+    # per-position scale includes the layer variance as a prior: never larger than 1/layer std
+    assert float(pos.pos_scale0.max()) <= float(pos.layer_scale[0]) + 1e-6
+
+
+def test_position_norm_round_trips_through_a_checkpoint_and_rejects_another_size() -> None:
+    gen = torch.Generator().manual_seed(3)
+    sc = DistillationScorer(sigma=1.0, n_layers=2)
+    sc.fit((_layers(gen, 4) for _ in range(3)), mode="position")
+    fresh = DistillationScorer(sigma=1.0, n_layers=2)
+    assert fresh.mode == "none"
+    fresh.load_state_dict(sc.state_dict())
+    assert fresh.mode == "position"
+    x = _layers(gen, 2)
+    torch.testing.assert_close(fresh(x, (32, 32))[0], sc(x, (32, 32))[0])
+    big = [torch.rand(1, 1, 32, 32), torch.rand(1, 1, 16, 16)]
+    with pytest.raises(ValueError, match="input size it was trained with"):
+        sc(big, (64, 64))
+    with pytest.raises(ValueError, match="mode"):
+        sc.fit(iter([x]), mode="pixel")
+
+
+def test_old_checkpoint_with_layer_stats_only_loads_as_layer_norm() -> None:
+    gen = torch.Generator().manual_seed(4)
+    sc = DistillationScorer(sigma=0.0, n_layers=2)
+    sc.fit((_layers(gen, 4) for _ in range(3)), mode="layer")
+    state = {k: v for k, v in sc.state_dict().items() if not k.startswith("pos_")}
+    fresh = DistillationScorer(sigma=0.0, n_layers=2)
+    fresh.load_state_dict(state)
+    assert fresh.mode == "layer"
+    torch.testing.assert_close(fresh.layer_shift, sc.layer_shift)
+
+
+def test_recipe_layer_norm_accepts_old_booleans() -> None:
+    r = recipe_from_dict({**_recipe("tf_efficientnet_lite0"), "score": {"layer_norm": True}})
+    assert r.score.layer_norm == "layer"
+    r = recipe_from_dict({**_recipe("tf_efficientnet_lite0"), "score": {"layer_norm": False}})
+    assert r.score.layer_norm == "none"
+    assert recipe_from_dict(_recipe("tf_efficientnet_lite0")).score.layer_norm == "position"
