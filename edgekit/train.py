@@ -291,9 +291,14 @@ def train_run(
     model.eval()
     facts = model.after_training(normalise(b.to(dev), spec) for b in _batches(train_tiles, tr.batch_size, False, None))
     if recipe.score.layer_norm != "none":
-        # score statistics from held-out good images (the student has not fitted them); the
-        # training tiles only when nothing is held out
-        norm_tiles = val_tiles if len(val_tiles) else train_tiles
+        # score statistics from the training tiles, so that the held-out images stay independent
+        # for the provisional threshold below. Fitting on the held-out images themselves made
+        # their own scores too low (per-position statistics fitted on 14 images): the threshold
+        # then rejected 30 % of new good fabric images instead of 2.5 %. A 10-epoch student does
+        # not memorise its training images (held-out loss ≈ training loss), and the larger sample
+        # estimates the per-position statistics better: image AUROC fabric 0.9992 → 0.9996,
+        # ELPV mono 0.9047 → 0.9066 (same checkpoints).
+        norm_tiles = train_tiles
         facts.update(model.fit_score_normalisation(
             (normalise(b.to(dev), spec) for b in _batches(norm_tiles, tr.batch_size, False, None)),
             recipe.score.layer_norm))
@@ -319,6 +324,62 @@ def train_run(
     if not quiet:
         print(f"run saved to {run} ({info['epochs_done']} epochs, {info['train_time_s']} s)")
     return run
+
+
+def rescore_run(run_dir: str | Path, layer_norm: str | None = None, device: str = "cpu",
+                quiet: bool = False) -> dict[str, Any]:
+    """Refit a finished run's score statistics and provisional threshold with the current scorer,
+    without retraining (e.g. a run trained before per-position normalisation existed).
+
+    The weights are untouched; the training / held-out split is rebuilt from the run's record
+    and must match it. ``layer_norm`` overrides the recipe's ``score.layer_norm`` (written back
+    to the run's recipe.yaml). Returns the new facts and calibration.
+    """
+    lr = load_run(run_dir, device)
+    run, recipe, model, info, spec = lr.path, lr.recipe, lr.model, lr.info, lr.spec
+    if layer_norm is not None:
+        recipe = recipe.model_copy(update={"score": recipe.score.model_copy(update={"layer_norm": layer_norm})})
+    mode = recipe.score.layer_norm
+    if type(model).fit_score_normalisation is AnomalyModel.fit_score_normalisation:
+        raise ConfigError(f"{run}: method {info.get('method')} has no score statistics to refit (only rd, rrd, mrkd)")
+    from edgekit.data.dataset import split_train_val
+
+    tr = recipe.train
+    dirs = info.get("data", {}).get("dirs") or []
+    all_paths, data_hash = gather_training_images(dirs)
+    if tr.max_train_images:
+        all_paths = all_paths[: tr.max_train_images]
+    train_paths, val_paths = split_train_val(all_paths, tr.val_fraction, tr.seed)
+    if data_hash != info["data"].get("hash") or [str(p) for p in val_paths] != info["data"].get("val_images"):
+        raise DataError(f"{run}: the training images in {', '.join(dirs)} changed since this run was trained; "
+                        f"retrain (`edgekit train {run / 'recipe.yaml'} --data ...`)")
+    dev = _resolve_device(device)
+    train_tiles, _ = load_tiles(train_paths, spec, "decode train")
+    val_tiles, _ = load_tiles(val_paths, spec, "decode val")
+    model.eval()
+    facts = dict(info.get("method_facts") or {})
+    if mode == "none":
+        model.scorer.layer_shift.zero_()
+        model.scorer.layer_scale.fill_(1.0)
+        for i in range(model.scorer.n_layers):
+            setattr(model.scorer, f"pos_shift{i}", torch.zeros(0, device=dev))
+            setattr(model.scorer, f"pos_scale{i}", torch.zeros(0, device=dev))
+        facts["layer_norm"] = "none"
+    else:
+        facts.update(model.fit_score_normalisation(
+            (normalise(b.to(dev), spec) for b in _batches(train_tiles, tr.batch_size, False, None)), mode))
+    calibration = provisional_calibration(model, val_tiles, spec, tr.batch_size, dev)
+    _save_atomic({"model": model.state_dict()}, run / "model.pt")
+    info.update({"method_facts": facts, "calibration": calibration,
+                 "rescored": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json_atomic(run / "run.json", info)
+    if layer_norm is not None:
+        (run / "recipe.yaml").write_text(_dump_recipe(recipe), encoding="utf-8")
+    if not quiet:
+        thr = calibration.get("threshold")
+        print(f"{run}: score normalisation {mode} refitted on {len(train_tiles)} training tiles; "
+              f"provisional threshold {thr if thr is None else round(thr, 4)} from {len(val_tiles)} held-out tiles")
+    return {"layer_norm": mode, "method_facts": facts, "calibration": calibration}
 
 
 def _backbone_of(model: AnomalyModel) -> Any:

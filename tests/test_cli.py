@@ -77,10 +77,11 @@ def test_unknown_backbone(tmp_path: Path, tiny_dataset: Path) -> None:
     _assert_one_line_error(code, out, "resnet181", "resnet18")
 
 
-@pytest.mark.parametrize("verb", ["evaluate", "build"])
+@pytest.mark.parametrize("verb", ["evaluate", "build", "rescore"])
 def test_run_dir_without_checkpoint(tmp_path: Path, tiny_dataset: Path, verb: str) -> None:
     (tmp_path / "run").mkdir()
-    args = [verb, str(tmp_path / "run")] + (["--data", str(tiny_dataset)] if verb == "evaluate" else ["--out", str(tmp_path / "b")])
+    extra = {"evaluate": ["--data", str(tiny_dataset)], "build": ["--out", str(tmp_path / "b")], "rescore": []}
+    args = [verb, str(tmp_path / "run")] + extra[verb]
     code, out = _run(*args)
     _assert_one_line_error(code, out, "run")
 

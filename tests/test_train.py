@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from edgekit.errors import BundleError, ConfigError, DataError
-from edgekit.train import load_run, train_run
+from edgekit.train import load_run, rescore_run, train_run
 
 
 def test_run_dir_contents(tiny_run: Path) -> None:
@@ -71,3 +72,40 @@ def test_loaded_model_matches_saved_weights(tiny_run: Path) -> None:
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     assert not any(p.requires_grad for p in run.model.teacher.parameters())
+
+
+def test_rescore_refits_statistics_and_threshold_without_touching_weights(tmp_path: Path, tiny_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = load_run(run)
+    assert before.model.scorer.mode == "position"  # the default of a fresh run
+    weights = {k: v.clone() for k, v in before.model.state_dict().items() if ".scorer." not in f".{k}"}
+
+    res = rescore_run(run, layer_norm="layer", quiet=True)
+    after = load_run(run)
+    assert res["layer_norm"] == "layer" and after.model.scorer.mode == "layer"
+    assert after.recipe.score.layer_norm == "layer"  # written back to the run's recipe
+    for k, v in after.model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+    info = json.loads((run / "run.json").read_text())
+    assert info["method_facts"]["layer_norm"]["mode"] == "layer" and "rescored" in info
+    assert info["calibration"]["threshold"] == res["calibration"]["threshold"]
+
+    rescore_run(run, quiet=True)  # the recipe's (now "layer") mode again: same numbers
+    assert json.loads((run / "run.json").read_text())["calibration"]["threshold"] == pytest.approx(
+        res["calibration"]["threshold"], rel=1e-5)
+    rescore_run(run, layer_norm="none", quiet=True)
+    assert load_run(run).model.scorer.mode == "none"
+
+
+def test_rescore_refuses_changed_training_images(tmp_path: Path, tiny_run: Path, tiny_dataset: Path) -> None:
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_dataset, data)
+    info = json.loads((run / "run.json").read_text())
+    info["data"]["dirs"] = [str(data)]
+    (run / "run.json").write_text(json.dumps(info))
+    next(iter(sorted((data / "train" / "good").iterdir()))).unlink()
+    with pytest.raises(DataError, match="changed since this run was trained"):
+        rescore_run(run, quiet=True)

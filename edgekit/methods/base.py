@@ -52,7 +52,7 @@ class AnomalyModel(nn.Module):
         return {}
 
     def fit_score_normalisation(self, images: Iterable[torch.Tensor], mode: str = "position") -> dict[str, Any]:
-        """Hook run after training with batches of held-out good images: fit score statistics
+        """Hook run after training with batches of good training images: fit score statistics
         that become part of the model (distillation: per-position or per-layer map normalisation,
         ``mode`` = recipe ``score.layer_norm``). Returns facts to store in the run; the default
         fits nothing."""

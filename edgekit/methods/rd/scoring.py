@@ -56,8 +56,8 @@ class GaussianSmoothing(nn.Module):
 class DistillationScorer(nn.Module):
     """Combine per-layer distance maps into an anomaly map and a max-based image score.
 
-    Per-layer normalisation, fitted on held-out good images (``fit``), before the layers are
-    summed:
+    Per-layer normalisation, fitted on good images (``fit``; the trainer uses the training tiles
+    and keeps the held-out ones for the threshold), before the layers are summed:
 
     * ``"layer"``: each layer's 1 − cos map is standardised with the mean and standard deviation
       of that layer over all pixels of the good images. Without it the shallowest layer, whose
