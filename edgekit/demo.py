@@ -24,7 +24,7 @@ def _step(title: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(out_dir: str | Path, epochs: int | None = None, n_parts: int = 200) -> dict[str, Any]:
+def run_demo(out_dir: str | Path, epochs: int | None = 10, n_parts: int = 200) -> dict[str, Any]:
     from edgekit.compile.build import build_bundle
     from edgekit.data.synth import write_synthetic_dataset
     from edgekit.evaluate.run import evaluate_cli
@@ -43,7 +43,7 @@ def run_demo(out_dir: str | Path, epochs: int | None = None, n_parts: int = 200)
     print(f"({time.perf_counter() - t:.1f} s)")
 
     t = _step("2/5 train rd-lite0 (EfficientNet-Lite0 teacher, offline ImageNet weights)")
-    train_run(_recipe_path(), data, run, epochs=epochs, resume=True)  # None: the recipe's epochs
+    train_run(_recipe_path(), data, run, epochs=epochs, resume=True)  # None: the recipe's 30 epochs
     print(f"({time.perf_counter() - t:.1f} s)")
 
     t = _step("3/5 build a cpu bundle (ONNX with preprocessing + scoring fused, manifest, sha256)")
