@@ -31,6 +31,7 @@ from edgekit.data.preprocess import PreprocessSpec, make_tiles
 from edgekit.errors import BundleError, ConfigError, DataError
 from edgekit.methods import METHODS
 from edgekit.methods.base import AnomalyModel
+from edgekit.methods.rd.scoring import DistillationModel
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,31 @@ def gather_training_images(data_dirs: Sequence[str | Path]) -> tuple[list[Path],
     return paths, dataset_hash(paths)
 
 
+def training_split(data_dirs: Sequence[str | Path], tr: Any) -> tuple[list[Path], list[Path], str]:
+    """The good training images of ``data_dirs`` split into (train, held-out) as a run with train
+    settings ``tr`` does it, plus the hash of all of them."""
+    from edgekit.data.dataset import split_train_val
+
+    all_paths, data_hash = gather_training_images(data_dirs)
+    if tr.max_train_images:
+        all_paths = all_paths[: tr.max_train_images]
+    train_paths, val_paths = split_train_val(all_paths, tr.val_fraction, tr.seed)
+    return train_paths, val_paths, data_hash
+
+
+def fit_score_statistics(model: AnomalyModel, recipe: Recipe, train_tiles: np.ndarray, spec: PreprocessSpec,
+                         dev: torch.device) -> dict[str, Any]:
+    """Fit the model's score normalisation (``score.layer_norm``) on the training tiles, so that
+    the held-out images stay independent for the provisional threshold. Fitting on the held-out
+    images themselves made their own scores too low (per-position statistics fitted on 14
+    images): the threshold then rejected 30 % of new good fabric images instead of 2.5 %. A
+    10-epoch student does not memorise its training images (held-out loss ≈ training loss), and
+    the larger sample estimates the per-position statistics better: image AUROC fabric
+    0.9992 → 0.9996, ELPV mono 0.9047 → 0.9066 (same checkpoints)."""
+    batches = (normalise(b.to(dev), spec) for b in _batches(train_tiles, recipe.train.batch_size, False, None))
+    return model.fit_score_normalisation(batches, recipe.score.layer_norm)
+
+
 def train_run(
     recipe_path: str | Path,
     data_dirs: str | Path | Sequence[str | Path],
@@ -167,8 +193,6 @@ def train_run(
     quiet: bool = False,
 ) -> Path:
     """Train a recipe on the good images of one or more datasets; returns RUN_DIR."""
-    from edgekit.data.dataset import split_train_val
-
     if isinstance(data_dirs, (str, Path)):
         data_dirs = [data_dirs]
     recipe = load_recipe(recipe_path) if not isinstance(recipe_path, Recipe) else recipe_path
@@ -191,10 +215,7 @@ def train_run(
     # above 1e-38.
     torch.set_flush_denormal(True)
 
-    all_paths, data_hash = gather_training_images(data_dirs)
-    if tr.max_train_images:
-        all_paths = all_paths[: tr.max_train_images]
-    train_paths, val_paths = split_train_val(all_paths, tr.val_fraction, tr.seed)
+    train_paths, val_paths, data_hash = training_split(data_dirs, tr)
 
     model = build_model(recipe).to(dev)
     spec = spec_from_recipe(recipe, _backbone_of(model))
@@ -290,18 +311,7 @@ def train_run(
     model.load_state_dict(torch.load(run / "model.pt", map_location=dev, weights_only=True)["model"])
     model.eval()
     facts = model.after_training(normalise(b.to(dev), spec) for b in _batches(train_tiles, tr.batch_size, False, None))
-    if recipe.score.layer_norm != "none":
-        # score statistics from the training tiles, so that the held-out images stay independent
-        # for the provisional threshold below. Fitting on the held-out images themselves made
-        # their own scores too low (per-position statistics fitted on 14 images): the threshold
-        # then rejected 30 % of new good fabric images instead of 2.5 %. A 10-epoch student does
-        # not memorise its training images (held-out loss ≈ training loss), and the larger sample
-        # estimates the per-position statistics better: image AUROC fabric 0.9992 → 0.9996,
-        # ELPV mono 0.9047 → 0.9066 (same checkpoints).
-        norm_tiles = train_tiles
-        facts.update(model.fit_score_normalisation(
-            (normalise(b.to(dev), spec) for b in _batches(norm_tiles, tr.batch_size, False, None)),
-            recipe.score.layer_norm))
+    facts.update(fit_score_statistics(model, recipe, train_tiles, spec, dev))
     _save_atomic({"model": model.state_dict()}, run / "model.pt")
     calibration = provisional_calibration(model, val_tiles, spec, tr.batch_size, dev)
     info = {
@@ -340,16 +350,11 @@ def rescore_run(run_dir: str | Path, layer_norm: str | None = None, device: str 
     if layer_norm is not None:
         recipe = recipe.model_copy(update={"score": recipe.score.model_copy(update={"layer_norm": layer_norm})})
     mode = recipe.score.layer_norm
-    if type(model).fit_score_normalisation is AnomalyModel.fit_score_normalisation:
+    if not isinstance(model, DistillationModel):
         raise ConfigError(f"{run}: method {info.get('method')} has no score statistics to refit (only rd, rrd, mrkd)")
-    from edgekit.data.dataset import split_train_val
-
     tr = recipe.train
     dirs = info.get("data", {}).get("dirs") or []
-    all_paths, data_hash = gather_training_images(dirs)
-    if tr.max_train_images:
-        all_paths = all_paths[: tr.max_train_images]
-    train_paths, val_paths = split_train_val(all_paths, tr.val_fraction, tr.seed)
+    train_paths, val_paths, data_hash = training_split(dirs, tr)
     if data_hash != info["data"].get("hash") or [str(p) for p in val_paths] != info["data"].get("val_images"):
         raise DataError(f"{run}: the training images in {', '.join(dirs)} changed since this run was trained; "
                         f"retrain (`edgekit train {run / 'recipe.yaml'} --data ...`)")
@@ -357,17 +362,7 @@ def rescore_run(run_dir: str | Path, layer_norm: str | None = None, device: str 
     train_tiles, _ = load_tiles(train_paths, spec, "decode train")
     val_tiles, _ = load_tiles(val_paths, spec, "decode val")
     model.eval()
-    facts = dict(info.get("method_facts") or {})
-    if mode == "none":
-        model.scorer.layer_shift.zero_()
-        model.scorer.layer_scale.fill_(1.0)
-        for i in range(model.scorer.n_layers):
-            setattr(model.scorer, f"pos_shift{i}", torch.zeros(0, device=dev))
-            setattr(model.scorer, f"pos_scale{i}", torch.zeros(0, device=dev))
-        facts["layer_norm"] = "none"
-    else:
-        facts.update(model.fit_score_normalisation(
-            (normalise(b.to(dev), spec) for b in _batches(train_tiles, tr.batch_size, False, None)), mode))
+    facts = {**(info.get("method_facts") or {}), **fit_score_statistics(model, recipe, train_tiles, spec, dev)}
     calibration = provisional_calibration(model, val_tiles, spec, tr.batch_size, dev)
     _save_atomic({"model": model.state_dict()}, run / "model.pt")
     info.update({"method_facts": facts, "calibration": calibration,

@@ -47,7 +47,7 @@ class TrainConfig(StrictModel):
 
 class ScoreConfig(StrictModel):
     smoothing_sigma: float = Field(4.0, ge=0.0, le=32.0)
-    # distillation methods: standardise each layer's 1 − cos map on held-out good images before
+    # distillation methods: standardise each layer's 1 − cos map on the good training images before
     # summing (edgekit/methods/rd/scoring.py): "position" = mean/variance per map position (with
     # the layer's variance as a prior), "layer" = one mean/std per layer, "none" = the paper's
     # plain sum. true/false (older recipes) mean "layer"/"none".
