@@ -48,12 +48,17 @@ class DecisionConfig(StrictModel):
 
 
 class SchedulerConfig(StrictModel):
-    mode: Literal["time", "encoder"] = "time"
+    # plc: no local reject pulse; each result carries the part's latched encoder count and its
+    # target count (ENCODER_COUNT / TARGET_COUNT, docs/plc.md) and the PLC's shift register fires
+    mode: Literal["time", "encoder", "plc"] = "time"
     delay_ms: float = Field(300.0, ge=0, le=600000)  # time mode: camera → reject station
     distance_counts: int = Field(0, ge=0)  # encoder mode: camera → reject station, in ticks
     pulse_ms: float = Field(20.0, gt=0, le=10000)
     review_pulse_ms: float | None = Field(None, gt=0, le=10000)
     overlap: Literal["merge", "extend"] = "merge"
+    # placement a pulse may miss its target by before it counts as late (and the startup jitter
+    # check warns); 1 ms = 1 mm at 1 m/s
+    tolerance_ms: float = Field(1.0, gt=0, le=1000)
 
 
 class PreprocessConfig(StrictModel):
@@ -104,6 +109,12 @@ class LineConfig(StrictModel):
     # SCHED_FIFO priority of the line process (pulse timing); None = normal scheduling.
     # Needs CAP_SYS_NICE; refused → a startup note, pulses still fire with normal priority.
     rt_priority: int | None = Field(50, ge=1, le=99)
+    # the line process polls the clock (without sleeping) this long before each edge: a sleeping
+    # (halted) CPU wakes late on VMs and in deep idle states
+    busy_wait_us: float = Field(1000.0, ge=0, le=5000)
+    # wake-up jitter measured at startup (reported, metric edgekit_timer_jitter_seconds; warns when
+    # its p99 exceeds scheduler.tolerance_ms); 0 = skip
+    jitter_probe_ms: float = Field(300.0, ge=0, le=10000)
 
 
 class LogConfig(StrictModel):
@@ -132,8 +143,8 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.scheduler.mode == "encoder" and self.encoder is None:
-            raise ValueError("scheduler.mode 'encoder' needs an encoder section")
+        if self.scheduler.mode in ("encoder", "plc") and self.encoder is None:
+            raise ValueError(f"scheduler.mode '{self.scheduler.mode}' needs an encoder section")
         if self.source.type == "sim" and (self.encoder is None or self.encoder.type != "sim"):
             raise ValueError("source.type 'sim' needs encoder: {type: sim, speed_mm_s: ..., ticks_per_mm: ...}")
         names = [o.name for o in self.outputs]

@@ -178,6 +178,10 @@ class Daemon:
         self._output_errors: Counter[str] = Counter()
         self._late_pulses = 0
         self._late_commands = 0
+        self._late_by_cause: Counter[str] = Counter()
+        # (part_id, role, target_ns, t_ns, count, late cause) of every pulse start with a target
+        self.pulse_timing: deque[tuple[Any, ...]] = deque(maxlen=200_000)
+        self.line_info: dict[str, Any] = {}
         self._frames = 0
         self._frames_missed = 0
         self._reconnects = 0
@@ -249,6 +253,7 @@ class Daemon:
         self._check_capabilities()
         self.line = LineProcess(self._line_spec(), self._on_line_message)
         self.notes += self.line.start()
+        self._timer_check(self.line.info)
         try:
             self.event_log.open()
             self.event_log.start_run(self.run_id, self.pipeline.bundle.bundle_id, self.cfg.model_dump(mode="json"),
@@ -302,22 +307,33 @@ class Daemon:
             "heartbeat_period_ms": self.cfg.health.heartbeat_period_ms,
             "alive_timeout_ms": max(3 * self.cfg.health.heartbeat_period_ms, 1000.0),
             "rt_priority": self.cfg.line.rt_priority,
+            "busy_wait_us": self.cfg.line.busy_wait_us,
+            "jitter_probe_ms": self.cfg.line.jitter_probe_ms,
+            "tolerance_ms": self.cfg.scheduler.tolerance_ms,
             "trigger": trig.model_dump(mode="json") if trig is not None else None,
         }
 
     def _on_line_message(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "fired":
-            _, part_id, role, t_ns, count, late, merged, late_cmd = msg
+            _, part_id, role, t_ns, count, late, merged, late_cmd, target_ns, cause = msg
             with self._lock:
                 self._pulses[role] += 1
                 self._late_pulses += int(late)
                 self._late_commands += int(late and late_cmd)
+                if late:
+                    self._late_by_cause[cause] += 1
+                if target_ns is not None:
+                    self.pulse_timing.append((part_id, role, target_ns, t_ns, count, cause))
             self.metrics.pulses.labels(role).inc()
+            if target_ns is not None:
+                self.metrics.placement_error.observe(max(0.0, (t_ns - target_ns) / 1e9))
             if late:
-                self.metrics.late_pulses.labels(role).inc()
-                emit(self.log, logging.WARNING, "late_pulse", part_id=part_id, role=role, count=count,
-                     cause="decision after target" if late_cmd else "line process late")
+                self.metrics.late_pulses.labels(role, cause).inc()
+                # counted, summarised at shutdown; per pulse only at debug level (no log flood)
+                emit(self.log, logging.DEBUG, "late_pulse", part_id=part_id, role=role, count=count,
+                     lateness_ms=round((t_ns - target_ns) / 1e6, 3) if target_ns is not None else None,
+                     cause=cause)
         elif kind == "trigger":
             q = getattr(self.camera, "trigger_queue", None)
             if q is not None:
@@ -335,6 +351,29 @@ class Daemon:
             emit(self.log, logging.ERROR, "line_process_died")
             self._stop_capture.set()
             self._source_done.set()
+
+    def _timer_check(self, info: dict[str, Any]) -> None:
+        """Publish the line process's startup wake-up jitter; warn (with the fix) when its p99
+        exceeds the placement tolerance. PLC-timed mode does not depend on it."""
+        self.line_info = info
+        j = info.get("jitter")
+        if not j:
+            return
+        for q, k in (("0.5", "p50_s"), ("0.99", "p99_s"), ("1", "max_s")):
+            self.metrics.timer_jitter.labels(q).set(j[k])
+        tol_s = self.cfg.scheduler.tolerance_ms / 1e3
+        emit(self.log, logging.INFO, "timer_jitter", p50_ms=round(j["p50_s"] * 1e3, 3),
+             p99_ms=round(j["p99_s"] * 1e3, 3), max_ms=round(j["max_s"] * 1e3, 3), n=j["n"],
+             sched_fifo=info.get("sched_fifo"), late_by_cause=j.get("late_over_100us_by_cause"))
+        if j["p99_s"] > tol_s and self.cfg.scheduler.mode != "plc":
+            from edgekit.runtime.lineproc import RT_FIX
+
+            causes = {k: v for k, v in (j.get("late_over_100us_by_cause") or {}).items() if v}
+            self.notes.append(
+                f"line process wake-up jitter p99 {j['p99_s'] * 1e3:.2f} ms (max {j['max_s'] * 1e3:.2f} ms, "
+                f"SCHED_FIFO {'granted' if info.get('sched_fifo') else 'not granted'}"
+                f"{', late wake-ups by cause ' + str(causes) if causes else ''}) exceeds "
+                f"scheduler.tolerance_ms={self.cfg.scheduler.tolerance_ms}: reject pulses may land late; {RT_FIX}")
 
     def _check_capabilities(self) -> None:
         roles = set().union(*(o.roles() for o in self.output_specs)) if self.output_specs else set()
@@ -591,7 +630,7 @@ class Daemon:
         if self.line is not None:
             for c in cmds:
                 self.line.schedule(c)
-            self.line.publish(d)
+            self.line.publish(d, self.scheduler.target_count(d))
         if self.archive is not None and (d.kind in self.cfg.archive.kinds or (d.failsafe and "failsafe" in self.cfg.archive.kinds)):
             if not self.archive.submit(d):
                 self.metrics.archive_skipped.inc()
@@ -729,6 +768,8 @@ class Daemon:
                 "reviews_fired": self._pulses.get("review", 0),
                 "late_pulses": self._late_pulses,
                 "late_pulses_decision_after_target": self._late_commands,
+                "late_pulses_by_cause": dict(self._late_by_cause),
+                "timer": {k: v for k, v in self.line_info.items()},
                 "frames_missed": self._frames_missed,
                 "camera_reconnects": self._reconnects,
                 "output_errors": dict(self._output_errors),

@@ -11,6 +11,7 @@ import bisect
 import collections
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Literal
 
@@ -58,14 +59,15 @@ class Encoder:
 class SimEncoder(Encoder):
     """A belt moving at constant speed from ``open()``: count = floor(elapsed × ticks/s)."""
 
-    def __init__(self, cfg: SimEncoderConfig) -> None:
+    def __init__(self, cfg: SimEncoderConfig, clock: Callable[[], int] | None = None) -> None:
         self.cfg = cfg
         self.ticks_per_s = cfg.speed_mm_s * cfg.ticks_per_mm
         self.t0_ns: int | None = None
+        self.clock = clock if clock is not None else time.monotonic_ns  # injected: a test's VirtualClock
 
     def open(self) -> None:
         if self.t0_ns is None:
-            self.t0_ns = time.monotonic_ns()
+            self.t0_ns = self.clock()
 
     def count_at(self, t_ns: int) -> int:
         """Encoder count at monotonic time ``t_ns``."""
@@ -74,7 +76,7 @@ class SimEncoder(Encoder):
         return int((t_ns - self.t0_ns) * self.ticks_per_s // 1_000_000_000)
 
     def count(self) -> int:
-        return self.count_at(time.monotonic_ns())
+        return self.count_at(self.clock())
 
     def time_of_count(self, count: int) -> int:
         if self.t0_ns is None:

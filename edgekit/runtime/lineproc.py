@@ -10,8 +10,9 @@ daemon's wiring, not a stage): it builds the outputs from their configs, runs th
 
 Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), ("alive", bool),
 ("set", role, bool), ("band", accept_edge, reject_edge), ("fault", code), ("encoder_origin", t0_ns),
-("stop", drain_timeout_s). Line process → parent: ("ready", notes),
-("open_error", message), ("fired", part_id, role, t_ns, count, late, merged, late_command), ("error", output,
+("stop", drain_timeout_s). Line process → parent: ("ready", notes, info),
+("open_error", message), ("fired", part_id, role, t_ns, count, late, merged, late_command, target_ns,
+late_cause), ("error", output,
 message), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count), ("edges", {chip:
 [EdgeRecord...]}), ("closed", stats) — all but the first two batched as ("batch", [...]).
 
@@ -23,23 +24,22 @@ from __future__ import annotations
 
 import gc
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from edgekit.errors import DeviceError, EdgekitError
+from edgekit.runtime.clock import MonotonicClock, SchedProbe, late_cause, set_timer_slack
 from edgekit.runtime.scheduler import Edge, PulseTimeline
 from edgekit.runtime.types import Decision, RejectCommand
 
-_SPIN_NS = 1_500_000  # the last 1.5 ms before an edge: short sleeps, then yield (≤ 1 ms jitter)
-_LATE_NS = 2_000_000
+_GUARD_NS = 1_500_000  # the last 1.5 ms before an edge: no message handling, then sleep_until
+_LATE_CAUSES = ("decision", "runqueue", "hypervisor", "timer")
 
 
 def _build(spec: dict[str, Any]) -> tuple[list[Any], Any]:
@@ -81,20 +81,55 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
         conn.send(("open_error", str(exc)))
         return
     prio = spec.get("rt_priority")
+    fifo = False
     if prio:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(prio)))
+            fifo = True
         except (PermissionError, OSError, AttributeError) as exc:
             notes.append(f"line process not real-time (SCHED_FIFO {prio} refused: {exc}); pulse jitter may "
-                         "exceed 1 ms under load: grant CAP_SYS_NICE (systemd: AmbientCapabilities=CAP_SYS_NICE)")
+                         f"exceed 1 ms under load: {RT_FIX}")
+    slack = set_timer_slack(1)
     _lock_memory(notes)
-    conn.send(("ready", notes))
+    info = {"sched_fifo": fifo, "rt_priority": prio if fifo else None, "timer_slack_1ns": slack,
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    if spec.get("jitter_probe_ms", 0) > 0:
+        info["jitter"] = measure_jitter(loop.clock, spec["jitter_probe_ms"])
+    conn.send(("ready", notes, info))
     # the cyclic garbage collector would stop this process for milliseconds at random moments;
     # objects made so far are frozen out of it and collections run only in quiet moments
     gc.collect()
     gc.freeze()
     gc.disable()
     loop.run()
+
+
+RT_FIX = ("grant the service real-time scheduling (systemd: LimitRTPRIO=99 and CAP_SYS_NICE in "
+          "AmbientCapabilities/CapabilityBoundingSet), keep a core for it (isolcpus= / CPUAffinity=), or use "
+          "a PREEMPT_RT kernel (Jetson: the JetPack real-time kernel); where none is possible, let the PLC "
+          "time the reject (scheduler.mode: plc, docs/plc.md)")
+
+
+def measure_jitter(clock: Any, duration_ms: float, period_ns: int = 2_000_000) -> dict[str, Any]:
+    """Wake-up lateness of this process for ``duration_ms``: sleep to a target every
+    ``period_ns`` the way an edge is waited for, record how late each wake-up came and why
+    (``clock.late_cause``). Returns p50/p99/max in seconds, n, and the late wake-ups by cause."""
+    probe = SchedProbe()
+    lat: list[int] = []
+    causes = dict.fromkeys(_LATE_CAUSES[1:], 0)
+    n = max(10, int(duration_ms * 1e6 // period_ns))
+    for _ in range(n):
+        target = clock.now_ns() + period_ns
+        before = probe.sample()
+        clock.sleep_until(target)
+        late = clock.now_ns() - target
+        lat.append(late)
+        if late > 100_000:
+            causes[late_cause(late, before, probe.sample(), getattr(clock, "gap_ns", 0))] += 1
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] / 1e9  # noqa: E731
+    return {"p50_s": q(0.5), "p99_s": q(0.99), "max_s": lat[-1] / 1e9, "n": len(lat),
+            "late_over_100us_by_cause": causes}
 
 
 def _lock_memory(notes: list[str]) -> None:
@@ -114,20 +149,27 @@ def _lock_memory(notes: list[str]) -> None:
 
 
 class _LineLoop:
-    def __init__(self, conn: Any, spec: dict[str, Any], outputs: list[Any], enc: Any) -> None:
+    """The pulse loop. ``clock`` is a ``MonotonicClock`` in production and a ``VirtualClock`` in
+    tests (edges then land at exactly their target, asserted to the nanosecond)."""
+
+    def __init__(self, conn: Any, spec: dict[str, Any], outputs: list[Any], enc: Any, clock: Any = None) -> None:
         self.conn = conn
         self.outputs = outputs
         self.enc = enc
+        self.clock = clock if clock is not None else MonotonicClock(int(spec.get("busy_wait_us", 1000) * 1000))
+        now = self.clock.now_ns()
         self.timeline = PulseTimeline(overlap=spec["overlap"])
         self.hb_period_ns = int(spec["heartbeat_period_ms"] * 1e6)
         self.alive_timeout_ns = int(spec["alive_timeout_ms"] * 1e6)
-        self.last_alive_ns = time.monotonic_ns()
+        self.tolerance_ns = int(spec.get("tolerance_ms", 1.0) * 1e6)
+        self.last_alive_ns = now
         self.healthy = True
         self.hb_state = False
-        self.next_hb = time.monotonic_ns()
+        self.next_hb = now
         self.stop_at: int | None = None
         self.out_msgs: list[tuple[Any, ...]] = []
-        self.stats = {"pulses": 0, "late": 0, "errors": 0}
+        self.stats: dict[str, Any] = {"pulses": 0, "late": 0, "errors": 0,
+                                      "late_by_cause": dict.fromkeys(_LATE_CAUSES, 0)}
         self.enc_ready = enc is not None and spec["encoder"]["type"] != "sim"
         self.next_gc_ns = 0
         self.late_cmds: set[int] = set()
@@ -138,19 +180,23 @@ class _LineLoop:
         self.trig_req: Any = None
         self.next_trig_ns: int | None = None
         if self.trig is not None and self.trig["type"] == "sim":
-            self.next_trig_ns = time.monotonic_ns() + int(self.trig["period_ms"] * 1e6)
+            self.next_trig_ns = now + int(self.trig["period_ms"] * 1e6)
+        self.probe = SchedProbe() if spec.get("probe", True) else None
+        self._wait_sample: tuple[int, int, int] | None = None  # probe sample before the current wait
+
+    def _target_ns(self, c: RejectCommand) -> int | None:
+        """When the command should fire: its time, or when the encoder reached its count."""
+        if c.at_ns is not None:
+            return c.at_ns
+        if c.at_count is not None and self.enc_ready:
+            return self.enc.time_of_count(c.at_count)
+        return None
 
     def drive(self, edges: list[Edge]) -> None:
+        fired: list[tuple[Edge, RejectCommand]] = []
         for e in edges:
             if e.active and e.command is not None:
-                c = e.command
-                late = (c.at_ns is not None and e.t_ns - c.at_ns > _LATE_NS) or \
-                    (c.at_count is not None and e.count is not None and e.count > c.at_count)
-                self.stats["pulses"] += 1
-                self.stats["late"] += int(late)
-                late_cmd = c.part_id in self.late_cmds
-                self.late_cmds.discard(c.part_id)
-                self.out_msgs.append(("fired", c.part_id, c.role, e.t_ns, e.count, late, e.merged, late_cmd))
+                fired.append((e, e.command))
                 if e.merged:
                     continue
             for o in self.outputs:
@@ -159,12 +205,34 @@ class _LineLoop:
                 except Exception as exc:  # one broken output must not stop the others
                     self.stats["errors"] += 1
                     self.out_msgs.append(("error", o.name, repr(exc)))
+        # bookkeeping only after every line of this instant is driven
+        for e, c in fired:
+            target = self._target_ns(c)
+            lateness = e.t_ns - target if target is not None else 0
+            late = lateness > self.tolerance_ns or (
+                target is None and c.at_count is not None and e.count is not None and e.count > c.at_count)
+            late_cmd = c.part_id in self.late_cmds
+            self.late_cmds.discard(c.part_id)
+            cause = None
+            if late:
+                if late_cmd:
+                    cause = "decision"
+                elif self.probe is not None and self._wait_sample is not None:
+                    cause = late_cause(lateness, self._wait_sample, self.probe.sample(),
+                                       getattr(self.clock, "gap_ns", 0))
+                else:
+                    cause = "timer"
+                self.stats["late_by_cause"][cause] += 1
+            self.stats["pulses"] += 1
+            self.stats["late"] += int(late)
+            self.out_msgs.append(("fired", c.part_id, c.role, e.t_ns, e.count, late, e.merged, late_cmd,
+                                  target, cause))
 
     def handle(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "pulse":
             c = msg[1]
-            now = time.monotonic_ns()
+            now = self.clock.now_ns()
             count = self.enc.count() if self.enc_ready else None
             if (c.at_ns is not None and c.at_ns < now) or (c.at_count is not None and count is not None
                                                               and c.at_count < count):
@@ -178,10 +246,10 @@ class _LineLoop:
                     self.stats["errors"] += 1
                     self.out_msgs.append(("error", o.name, repr(exc)))
         elif kind == "alive":
-            self.last_alive_ns = time.monotonic_ns()
+            self.last_alive_ns = self.clock.now_ns()
             self.healthy = bool(msg[1])
         elif kind == "set":
-            self.drive([Edge(msg[1], bool(msg[2]), time.monotonic_ns(), None)])
+            self.drive([Edge(msg[1], bool(msg[2]), self.clock.now_ns(), None)])
         elif kind == "band":
             for o in self.outputs:
                 o.set_band(msg[1], msg[2])
@@ -192,7 +260,7 @@ class _LineLoop:
             self.enc.t0_ns = msg[1]  # the simulated belt of the parent's camera
             self.enc_ready = True
         elif kind == "stop":
-            self.stop_at = time.monotonic_ns() + int(msg[1] * 1e9)
+            self.stop_at = self.clock.now_ns() + int(msg[1] * 1e9)
 
     def open_trigger(self) -> None:
         """Request the hardware trigger line with edge events (libgpiod v2)."""
@@ -239,9 +307,10 @@ class _LineLoop:
 
     def run(self) -> None:
         conn = self.conn
+        clock = self.clock
         parent_gone = False
         while True:
-            now = time.monotonic_ns()
+            now = clock.now_ns()
             count = self.enc.count() if self.enc_ready else None
             edges = self.timeline.due(now, count)
             if edges:
@@ -267,6 +336,8 @@ class _LineLoop:
                 wake.append(self.next_trig_ns)
             if self.stream_count:
                 wake.append(self.next_count_ns)
+            if self.stop_at is not None:
+                wake.append(self.stop_at)
             t_next = self.timeline.next_time_ns()
             if t_next is not None:
                 wake.append(t_next)
@@ -275,15 +346,17 @@ class _LineLoop:
                 tc = self.enc.time_of_count(ct)
                 wake.append(tc if tc is not None else now + 200_000)
             target = min(wake)
-            left = target - time.monotonic_ns()
+            left = target - clock.now_ns()
             if left > 10_000_000 and now >= self.next_gc_ns:  # ≥ 10 ms of nothing to do
                 gc.collect(1)
                 self.next_gc_ns = now + 1_000_000_000
-                left = target - time.monotonic_ns()
+                left = target - clock.now_ns()
+            if self.probe is not None and left > 0:
+                self._wait_sample = self.probe.sample()  # how the next edge's wait began (for late causes)
             try:
-                if left > _SPIN_NS:
+                if left > _GUARD_NS:
                     fds = [conn] if self.trig_req is None else [conn, self.trig_req.fd]
-                    ready, _, _ = select.select(fds, [], [], (left - _SPIN_NS) / 1e9)
+                    ready = clock.wait(fds, left - _GUARD_NS)
                     if self.trig_req is not None and self.trig_req.fd in ready:
                         self._read_triggers()
                     while conn.poll(0):
@@ -294,12 +367,9 @@ class _LineLoop:
             except (EOFError, OSError):
                 parent_gone = True
                 continue
-            while True:
-                rem = target - time.monotonic_ns()
-                if rem <= 0:
-                    break
-                time.sleep(rem / 2e9 if rem > 200_000 else 0)
-        now = time.monotonic_ns()
+            if left > 0:
+                clock.sleep_until(target)
+        now = clock.now_ns()
         self.drive(self.timeline.release_all(now) + [Edge("heartbeat", False, now, None)])
         chips: dict[str, list[Any]] = {}
         for o in self.outputs:
@@ -323,12 +393,13 @@ class _LineLoop:
                 pass
 
 
-def decision_message(d: Decision) -> dict[str, Any]:
-    """What outputs that report per part (a PLC) get for one decision (no image)."""
+def decision_message(d: Decision, target_count: int | None = None) -> dict[str, Any]:
+    """What outputs that report per part (a PLC) get for one decision (no image). ``target_count``:
+    the encoder count at which the part reaches the reject station (PLC-timed rejection)."""
     f = d.frame
     return {"part_id": f.part_id, "kind": d.kind, "score": d.score, "failsafe": d.failsafe,
-            "encoder_count": f.encoder_count, "t_capture_ns": f.t_capture_ns, "t_decided_ns": d.t_decided_ns,
-            "source_id": f.source_id}
+            "encoder_count": f.encoder_count, "target_count": target_count, "t_capture_ns": f.t_capture_ns,
+            "t_decided_ns": d.t_decided_ns, "source_id": f.source_id}
 
 
 class LineProcess:
@@ -351,6 +422,7 @@ class LineProcess:
         self.edges: dict[str, list[Any]] = {}
         self.stats: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.info: dict[str, Any] = {}  # scheduling granted, timer slack, startup jitter
         self.died = threading.Event()
 
     def start(self, timeout_s: float = 60.0) -> list[str]:
@@ -379,6 +451,7 @@ class LineProcess:
             self._proc.wait(timeout=5)
             raise DeviceError(msg[1])
         self.notes = list(msg[1])
+        self.info = dict(msg[2]) if len(msg) > 2 else {}
         return self.notes
 
     def receive_loop(self) -> None:
@@ -411,8 +484,8 @@ class LineProcess:
     def schedule(self, cmd: RejectCommand) -> None:
         self._send(("pulse", cmd))
 
-    def publish(self, d: Decision) -> None:
-        self._send(("publish", decision_message(d)))
+    def publish(self, d: Decision, target_count: int | None = None) -> None:
+        self._send(("publish", decision_message(d, target_count)))
 
     @property
     def pid(self) -> int | None:

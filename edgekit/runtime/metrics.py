@@ -32,8 +32,15 @@ class Metrics:
         self.output_errors = Counter("edgekit_output_errors", "GPIO/PLC write or connection errors", ["output"],
                                      registry=r)
         self.pulses = Counter("edgekit_pulses", "Pulse starts per line role", ["role"], registry=r)
-        self.late_pulses = Counter("edgekit_late_pulses", "Pulses whose decision came after their target",
-                                   ["role"], registry=r)
+        self.late_pulses = Counter("edgekit_late_pulses", "Pulses that started later than scheduler.tolerance_ms "
+                                   "after their target, by cause (decision: the result came after the target; "
+                                   "runqueue/hypervisor/timer: the line process woke late)",
+                                   ["role", "cause"], registry=r)
+        self.placement_error = Histogram("edgekit_placement_error_seconds", "Pulse start minus its target time",
+                                         buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05),
+                                         registry=r)
+        self.timer_jitter = Gauge("edgekit_timer_jitter_seconds", "Line-process wake-up lateness measured at "
+                                  "startup, by quantile", ["quantile"], registry=r)
         self.events_written = Counter("edgekit_events_written", "Rows committed to the event log", registry=r)
         self.archive_skipped = Counter("edgekit_archive_skipped", "Archive images skipped (queue full)", registry=r)
         self.bundle_swaps = Counter("edgekit_bundle_swaps", "Bundle reloads", ["result"], registry=r)

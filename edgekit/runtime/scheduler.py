@@ -21,13 +21,14 @@ class RejectScheduler:
     """Decide the pulse(s) for a decision.
 
     Args:
-        mode: ``encoder`` (needs ``frame.encoder_count``) or ``time``.
+        mode: ``encoder`` (needs ``frame.encoder_count``), ``time``, or ``plc`` (targets as in
+            encoder mode, but no local pulse: the PLC fires from the result's target count).
         distance_counts: encoder ticks from the camera to the reject station.
         delay_ms: conveyor time from the camera to the reject station.
         pulse_ms: reject pulse width; ``review_pulse_ms`` for the review line.
     """
 
-    def __init__(self, mode: Literal["encoder", "time"], distance_counts: int = 0, delay_ms: float = 0.0,
+    def __init__(self, mode: Literal["encoder", "time", "plc"], distance_counts: int = 0, delay_ms: float = 0.0,
                  pulse_ms: float = 20.0, review_pulse_ms: float | None = None) -> None:
         self.mode = mode
         self.distance_counts = int(distance_counts)
@@ -38,15 +39,22 @@ class RejectScheduler:
     def target(self, decision: Decision) -> tuple[int | None, int | None]:
         """(at_count, at_ns) for the part; exactly one is set."""
         f = decision.frame
-        if self.mode == "encoder":
+        if self.mode in ("encoder", "plc"):
             if f.encoder_count is None:
                 raise ValueError(f"part {f.part_id}: encoder mode but the frame has no encoder count")
             return f.encoder_count + self.distance_counts, None
         return None, f.t_capture_ns + self.delay_ns
 
+    def target_count(self, decision: Decision) -> int | None:
+        """The encoder count at which the part reaches the reject station (None in time mode or
+        without a latched count): what a PLC's shift register needs (``TARGET_COUNT``)."""
+        if self.mode == "time" or decision.frame.encoder_count is None:
+            return None
+        return decision.frame.encoder_count + self.distance_counts
+
     def schedule(self, decision: Decision) -> list[RejectCommand]:
-        """Commands for one decision: none for accept, one pulse for reject/review."""
-        if decision.kind == "accept":
+        """Commands for one decision: none for accept (or in plc mode), one pulse for reject/review."""
+        if decision.kind == "accept" or self.mode == "plc":
             return []
         at_count, at_ns = self.target(decision)
         role: LineRole = "reject" if decision.kind == "reject" else "review"

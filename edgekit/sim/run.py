@@ -89,6 +89,8 @@ def simulate_config(cfg: RunConfig, logger: logging.Logger | None = None,
         "failsafe": summary["failsafe"],
         "late_pulses": summary["late_pulses"],
         "late_pulses_decision_after_target": summary["late_pulses_decision_after_target"],
+        "late_pulses_by_cause": summary["late_pulses_by_cause"],
+        "timer": summary["timer"],
         "output_errors": summary["output_errors"],
         "camera_reconnects": summary["camera_reconnects"],
         "frames_missed": summary["frames_missed"],
@@ -117,10 +119,30 @@ def format_report(r: dict[str, Any]) -> list[str]:
         f"event log: {r['events_logged']} rows, lost: {r['lost_events']}, undecided parts: {r['no_decision']} "
         f"({r['log_path']})",
     ]
+    out.append(late_pulse_line(r))
     if r.get("stage_latency"):
         st = r["stage_latency"]
         out.append("per-stage latency median/p99 ms: " + ", ".join(
             f"{k} {v['median_ms']}/{v['p99_ms']}" for k, v in st.items() if k != "e2e"))
+    return out
+
+
+def late_pulse_line(r: dict[str, Any]) -> str:
+    """``late pulses: N (line process late X: runqueue a, ...; decision late Y)`` and the line
+    process's scheduling and startup jitter: one counted summary instead of a line per pulse."""
+    causes = dict(r.get("late_pulses_by_cause") or {})
+    decision = causes.pop("decision", 0)
+    line_late = sum(causes.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(causes.items()) if v)
+    out = (f"late pulses (> scheduler.tolerance_ms after target): {r.get('late_pulses', 0)} "
+           f"(line process late {line_late}{': ' + detail if detail else ''}, decision late {decision})")
+    t = r.get("timer") or {}
+    j = t.get("jitter")
+    if t:
+        out += f"; line process SCHED_FIFO {'granted' if t.get('sched_fifo') else 'not granted'}"
+    if j:
+        out += (f", startup wake-up jitter p50/p99/max {j['p50_s'] * 1e3:.3f}/{j['p99_s'] * 1e3:.3f}/"
+                f"{j['max_s'] * 1e3:.3f} ms")
     return out
 
 
