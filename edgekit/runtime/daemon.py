@@ -179,7 +179,7 @@ class Daemon:
         self._late_pulses = 0
         self._late_commands = 0
         self._late_by_cause: Counter[str] = Counter()
-        # (part_id, role, target_ns, t_ns, count, late cause) of every pulse start with a target
+        # (part_id, role, target_ns or None, t_ns, count, merged, late cause) of every pulse start
         self.pulse_timing: deque[tuple[Any, ...]] = deque(maxlen=200_000)
         self.line_info: dict[str, Any] = {}
         self._frames = 0
@@ -323,8 +323,7 @@ class Daemon:
                 self._late_commands += int(late and late_cmd)
                 if late:
                     self._late_by_cause[cause] += 1
-                if target_ns is not None:
-                    self.pulse_timing.append((part_id, role, target_ns, t_ns, count, cause))
+                self.pulse_timing.append((part_id, role, target_ns, t_ns, count, merged, cause))
             self.metrics.pulses.labels(role).inc()
             if target_ns is not None:
                 self.metrics.placement_error.observe(max(0.0, (t_ns - target_ns) / 1e9))

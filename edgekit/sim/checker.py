@@ -66,9 +66,55 @@ class _Line:
         return i >= 0 and self.intervals[i][0] <= t_ns < self.intervals[i][1]
 
 
+def _attribution(truth: list[PartTruth], decisions: dict[int, Any], line: _Line,
+                 fired: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """What does not depend on timing: which parts a reject pulse was fired for (the line
+    process's own report), against the truth and the decisions, and whether the chip saw one
+    rising edge per pulse that was not merged into a running one. A late pulse is still the
+    right part's pulse here; where it landed is the placement figures' business."""
+    rej = [f for f in fired if f[1] == "reject"]
+    pulsed = {f[0] for f in rej}
+    out = {"attributed_defects_unpulsed": 0, "attributed_good_pulsed": 0, "attributed_failsafe_pulsed": 0}
+    for p in truth:
+        d = decisions.get(p.part_id)
+        failsafe = d is not None and d.failsafe is not None
+        if p.part_id in pulsed and failsafe:
+            out["attributed_failsafe_pulsed"] += 1
+        elif p.label == 1 and p.part_id not in pulsed and not (d is not None and d.kind == "review"):
+            out["attributed_defects_unpulsed"] += 1
+        elif p.label == 0 and p.part_id in pulsed:
+            out["attributed_good_pulsed"] += 1
+    out["pulses_fired"] = len(rej)
+    out["pulse_edges_expected"] = sum(1 for f in rej if not f[5])
+    out["pulse_edges_seen"] = len(line.rising)
+    return out
+
+
+def line_problems(r: dict[str, Any]) -> list[str]:
+    """Everything in a report that must hold whatever the machine's timing: every part decided
+    and logged, every defect pulsed (or sent to review), no good part pulsed unless failed safe,
+    one physical edge per unmerged pulse. Empty when the run is right; placement (where the
+    pulses landed) is not part of it."""
+    bad = []
+    if r["no_decision"]:
+        bad.append(f"{r['no_decision']} parts undecided")
+    if r["lost_events"]:
+        bad.append(f"{r['lost_events']} decisions missing from the event log")
+    if "pulses_fired" in r:
+        if r["attributed_defects_unpulsed"]:
+            bad.append(f"{r['attributed_defects_unpulsed']} defective parts never got a reject pulse")
+        if r["attributed_good_pulsed"]:
+            bad.append(f"{r['attributed_good_pulsed']} good parts got a reject pulse without a fail-safe")
+        if r["pulse_edges_seen"] != r["pulse_edges_expected"]:
+            bad.append(f"reject line: {r['pulse_edges_seen']} rising edges for {r['pulse_edges_expected']} "
+                       "unmerged pulses")
+    return bad
+
+
 def check_run(truth: list[PartTruth], decisions: dict[int, Any], reject_edges: list[EdgeRecord],
               count_at: Any, pitch_ns: int, logged_part_ids: set[int], end_ns: int,
-              review_edges: list[EdgeRecord] | None = None) -> dict[str, Any]:
+              review_edges: list[EdgeRecord] | None = None,
+              fired: list[tuple[Any, ...]] | None = None) -> dict[str, Any]:
     """Compare a run with the truth.
 
     Args:
@@ -78,6 +124,8 @@ def check_run(truth: list[PartTruth], decisions: dict[int, Any], reject_edges: l
         count_at: encoder function monotonic ns → count.
         pitch_ns: time between parts at the camera.
         logged_part_ids: part ids with a row in the event log.
+        fired: the line process's report of every pulse start (part_id, role, target_ns, t_ns,
+            count, merged, late cause): which part each pulse was for, whatever its timing.
     Returns:
         counts (parts, correct/missed/false/failsafe rejects, reviews, spurious pulses, lost
         decisions/events) and placement error in ticks and ms (p50/p99/max of |error|), signed
@@ -132,6 +180,8 @@ def check_run(truth: list[PartTruth], decisions: dict[int, Any], reject_edges: l
             c["missed_rejects"] += 1
             ids["missed"].append(p.part_id)
     c["spurious_pulses"] = len([t for t in line.rising if t not in used_edges])
+    if fired is not None:
+        c.update(_attribution(truth, decisions, line, fired))
     c["placement_error_ticks"] = _stats(err_ticks, 0)
     c["placement_error_ms"] = _stats(err_ms)
     c["placement_mean_signed_ms"] = round(sum(signed_ms) / len(signed_ms), 4) if signed_ms else None

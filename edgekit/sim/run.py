@@ -75,7 +75,8 @@ def simulate_config(cfg: RunConfig, logger: logging.Logger | None = None,
     pitch_ns = int(1e9 / cam.parts_per_s)
     report = check_run(cam.truth, decisions, chip.edges_for(lines.reject), cam.encoder.count_at, pitch_ns, logged,
                        time.monotonic_ns(),
-                       review_edges=chip.edges_for(lines.review) if lines.review is not None else None)
+                       review_edges=chip.edges_for(lines.review) if lines.review is not None else None,
+                       fired=list(daemon.pulse_timing))
     summary = daemon.summary()
     report.update({
         "mode": cfg.scheduler.mode,
