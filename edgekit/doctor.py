@@ -116,6 +116,11 @@ class DoctorParams:
     min_free_gb: float = DEFAULT_MIN_FREE_GB
     timeout_s: float = 2.0
     camera_measure_s: float = 1.0
+    scheduler_mode: str = "encoder"  # time | encoder | plc (plc: the PLC times the reject)
+    tolerance_ms: float = 1.0  # scheduler.tolerance_ms
+    rt_priority: int | None = 50  # line.rt_priority
+    busy_wait_us: float = 1000.0  # line.busy_wait_us
+    jitter_probe_ms: float = 500.0
 
     @property
     def need_tensorrt(self) -> bool:
@@ -262,6 +267,10 @@ def params_from_mapping(data: dict[str, Any], config_path: str | None = None) ->
         plc_read_address=plc_addr,
         archive_dir=archive_dir,
         min_free_gb=min_free_gb,
+        scheduler_mode=str(_get(data, "scheduler", default={}).get("mode", "time")),
+        tolerance_ms=float(_get(data, "scheduler", default={}).get("tolerance_ms", 1.0)),
+        rt_priority=_get(data, "line", default={}).get("rt_priority", 50),
+        busy_wait_us=float(_get(data, "line", default={}).get("busy_wait_us", 1000.0)),
     )
 
 
@@ -434,6 +443,33 @@ class Probes:
         if "error" in result:
             raise RuntimeError(result["error"])
         return result["value"]
+
+    def timer_jitter(self, duration_ms: float, rt_priority: int | None, busy_wait_us: float,
+                     timeout_s: float) -> dict[str, Any]:
+        """Wake-up jitter of a process scheduled like the line process (SCHED_FIFO when allowed),
+        measured in a child so doctor's own scheduling is untouched."""
+        import json as _json
+        import subprocess as _sp
+
+        code = ("import json, os, sys\n"
+                "from edgekit.runtime.clock import MonotonicClock, set_timer_slack\n"
+                "from edgekit.runtime.lineproc import measure_jitter\n"
+                "prio, busy, ms = json.loads(sys.argv[1])\n"
+                "fifo = False\n"
+                "if prio:\n"
+                "    try:\n"
+                "        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(prio))); fifo = True\n"
+                "    except (OSError, AttributeError):\n"
+                "        pass\n"
+                "set_timer_slack(1)\n"
+                "j = measure_jitter(MonotonicClock(int(busy * 1000)), ms)\n"
+                "j['sched_fifo'] = fifo\n"
+                "print(json.dumps(j))\n")
+        out = _sp.run([sys.executable, "-c", code, _json.dumps([rt_priority, busy_wait_us, duration_ms])],
+                      capture_output=True, text=True, timeout=timeout_s)
+        if out.returncode != 0:
+            raise RuntimeError((out.stderr.strip().splitlines() or ["no output"])[-1])
+        return _json.loads(out.stdout)
 
     def gpio_chips(self) -> list[str]:
         return self.glob("/dev/gpiochip*")
@@ -784,6 +820,30 @@ def check_clock(params: DoctorParams, probes: Probes) -> CheckResult:
                  "systemd not running here (container?); check the clock on the device", optional=True)
 
 
+def check_pulse_timing(params: DoctorParams, probes: Probes) -> CheckResult:
+    """Wake-up jitter of a line-process-like child against ``scheduler.tolerance_ms``."""
+    name = "pulse timing"
+    from edgekit.runtime.lineproc import RT_FIX
+
+    j = probes.timer_jitter(params.jitter_probe_ms, params.rt_priority, params.busy_wait_us,
+                            timeout_s=params.jitter_probe_ms / 1e3 + 20.0)
+    fifo = "SCHED_FIFO granted" if j.get("sched_fifo") else (
+        "SCHED_FIFO refused" if params.rt_priority else "SCHED_FIFO not configured (line.rt_priority)")
+    causes = {k: v for k, v in (j.get("late_over_100us_by_cause") or {}).items() if v}
+    detail = (f"wake-up jitter p50/p99/max {j['p50_s'] * 1e3:.3f}/{j['p99_s'] * 1e3:.3f}/{j['max_s'] * 1e3:.3f} ms "
+              f"over {j['n']} wake-ups, {fifo}" + (f"; late wake-ups by cause {causes}" if causes else ""))
+    if j["p99_s"] * 1e3 <= params.tolerance_ms:
+        return _ok(name, detail + f" (tolerance {params.tolerance_ms:g} ms)")
+    if params.scheduler_mode == "plc":
+        return _ok(name, detail + " — above tolerance, but the PLC times the reject (scheduler.mode: plc)")
+    hint = RT_FIX
+    if causes.get("hypervisor"):
+        hint = ("this machine's CPU is taken away by its hypervisor (a VM): use a dedicated, not overcommitted "
+                "core or bare metal, or " + RT_FIX.split("; where none is possible, ")[-1])
+    return _fail(name, detail + f" > scheduler.tolerance_ms {params.tolerance_ms:g} ms: reject pulses may land late",
+                 hint, optional=True)
+
+
 def check_bundle(params: DoctorParams, probes: Probes) -> CheckResult:
     name = "bundle"
     if params.bundle_dir is None:
@@ -811,7 +871,8 @@ def check_platform(params: DoctorParams, probes: Probes) -> CheckResult:
 
 CHECKS: tuple[Callable[[DoctorParams, Probes], CheckResult | list[CheckResult]], ...] = (
     check_config, check_platform, check_user, check_python, check_extras, check_ort_providers, check_tensorrt,
-    check_cuda, check_gstreamer, check_camera, check_gpio, check_plc, check_disk, check_clock, check_bundle,
+    check_cuda, check_gstreamer, check_camera, check_gpio, check_plc, check_disk, check_clock, check_pulse_timing,
+    check_bundle,
 )
 
 

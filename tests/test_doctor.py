@@ -52,7 +52,13 @@ class FakeProbes(d.Probes):
         self.user_info: tuple[str, int, list[str]] = ("edgekit", 998, ["edgekit", "gpio", "video"])
         self.connect_error: OSError | None = None
         self.modbus_value: int | Exception = 7
+        self.jitter = {"p50_s": 10e-6, "p99_s": 80e-6, "max_s": 300e-6, "n": 250, "sched_fifo": True,
+                       "late_over_100us_by_cause": {"runqueue": 0, "hypervisor": 0, "timer": 2}}
         self.__dict__.update(kw)
+
+    def timer_jitter(self, duration_ms: float, rt_priority: int | None, busy_wait_us: float,
+                     timeout_s: float) -> dict[str, Any]:
+        return dict(self.jitter)
 
     def python_version(self) -> tuple[int, int, int]:
         return self.version
@@ -584,3 +590,29 @@ def test_on_a_gpio_machine_the_first_chip_is_readable() -> None:
 def test_on_a_camera_machine_video0_delivers_frames() -> None:
     r = d.check_camera(_station(camera_fps=None, camera_measure_s=0.5), d.Probes())
     assert r.ok and " frames in " in r.detail, r.detail
+
+
+# ----------------------------------------------------------------------------- pulse timing
+def test_pulse_timing_within_tolerance_is_ok() -> None:
+    r = d.check_pulse_timing(d.DoctorParams(), FakeProbes())
+    assert r.status == "ok" and "p50/p99/max 0.010/0.080/0.300 ms" in r.detail and "SCHED_FIFO granted" in r.detail
+
+
+def test_pulse_timing_late_on_a_vm_names_the_cause_and_the_fix() -> None:
+    slow = {"p50_s": 0.2e-3, "p99_s": 4.5e-3, "max_s": 17e-3, "n": 250, "sched_fifo": True,
+            "late_over_100us_by_cause": {"runqueue": 0, "hypervisor": 9, "timer": 3}}
+    r = d.check_pulse_timing(d.DoctorParams(), FakeProbes(jitter=slow))
+    assert r.status == "warn" and "> scheduler.tolerance_ms 1 ms" in r.detail and "'hypervisor': 9" in r.detail
+    assert "hypervisor" in r.fix and "scheduler.mode: plc" in r.fix
+    slow["late_over_100us_by_cause"] = {"runqueue": 12, "hypervisor": 0, "timer": 0}
+    slow["sched_fifo"] = False
+    r = d.check_pulse_timing(d.DoctorParams(), FakeProbes(jitter=slow))
+    assert "SCHED_FIFO refused" in r.detail and "LimitRTPRIO" in r.fix
+    # PLC-timed rejection does not depend on this machine's timers
+    r = d.check_pulse_timing(d.DoctorParams(scheduler_mode="plc"), FakeProbes(jitter=slow))
+    assert r.status == "ok" and "the PLC times the reject" in r.detail
+
+
+def test_pulse_timing_real_probe_runs_a_child() -> None:
+    j = d.Probes().timer_jitter(30.0, None, 200.0, timeout_s=60.0)
+    assert j["n"] >= 10 and j["sched_fifo"] is False and 0 <= j["p50_s"] <= j["max_s"]
