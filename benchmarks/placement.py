@@ -124,18 +124,28 @@ def run_once(mode: str, fifo: bool, parts: int, rate: float, busy_us: float) -> 
     line.stop(2.0)
     s1 = _steal_share()
     edges = [e for e in line.edges.get(chip, []) if e.offset == 17 and e.active]
-    err_ns = [e.t_ns - t for e, (t, _) in zip(edges, targets)]
-    res: dict[str, Any] = {"mode": mode, "sched_fifo_requested": fifo, "parts": parts, "edges": len(edges),
+    # pair by part id: the line process reports each pulse start (part, drive time, count)
+    starts = {m[1]: m for m in fired if m[2] == "reject"}
+    err_ns, ticks = [], []
+    for k, (t, c) in enumerate(targets):
+        m = starts.get(k)
+        if m is None:
+            continue
+        err_ns.append(m[3] - t)
+        if c is not None:
+            ticks.append(abs(enc.count_at(m[3]) - c))
+    res: dict[str, Any] = {"mode": mode, "sched_fifo_requested": fifo, "parts": parts, "pulses": len(starts),
+                           "chip_rising_edges": len(edges),
                            "timer": line.info, "late_by_cause": line.stats.get("late_by_cause"),
                            "late": line.stats.get("late"),
                            "steal_share": round((s1[0] - s0[0]) / max(1, s1[1] - s0[1]), 4)}
     a = np.abs(np.array(err_ns, dtype=np.float64)) / 1e6
     res["placement_ms"] = {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3),
                            "max": round(float(a.max()), 3), "signed_mean": round(float(np.mean(err_ns)) / 1e6, 4)}
-    if mode == "encoder":
-        ticks = np.array([abs(enc.count_at(e.t_ns) - c) for e, (_, c) in zip(edges, targets)])
-        res["placement_ticks"] = {"p50": int(np.percentile(ticks, 50)), "p99": int(np.percentile(ticks, 99)),
-                                  "max": int(ticks.max())}
+    if ticks:
+        tk = np.array(ticks)
+        res["placement_ticks"] = {"p50": int(np.percentile(tk, 50)), "p99": int(np.percentile(tk, 99)),
+                                  "max": int(tk.max())}
     res["meets_target"] = bool(res["placement_ms"]["p99"] <= 0.667 and res["placement_ms"]["max"] <= 2.0)
     return res
 
