@@ -380,8 +380,12 @@ class Daemon:
             self.notes.append("no output has a 'reject' line: rejects are logged only")
         if self.cfg.decision.review_as == "review" and "review" not in roles and "reject" in roles:
             self.notes.append("no 'review' line: review parts are logged only (set decision.review_as: reject to divert them)")
-        if self.cfg.scheduler.mode == "encoder" and self.encoder is None:
-            raise ConfigError("scheduler.mode is 'encoder' but no encoder is configured; add an encoder section")
+        if self.cfg.scheduler.mode in ("encoder", "plc") and self.encoder is None:
+            raise ConfigError(f"scheduler.mode is '{self.cfg.scheduler.mode}' but no encoder is configured; "
+                              "add an encoder section")
+        if self.cfg.scheduler.mode == "plc" and not any(o.type.startswith("modbus") for o in self.cfg.outputs):
+            raise ConfigError("scheduler.mode is 'plc' but no Modbus output carries the results to the PLC; "
+                              "add an output of type modbus (docs/plc.md, PLC-timed rejection)")
 
     def _spawn(self, name: str, fn: Any) -> None:
         t = threading.Thread(target=self._guard, args=(name, fn), name=name, daemon=True)

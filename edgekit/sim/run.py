@@ -52,31 +52,49 @@ def simulate_config(cfg: RunConfig, logger: logging.Logger | None = None,
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)  # the line thread must get the GIL quickly for pulse timing
     decisions: dict[int, Any] = {}
+    plc_mode = cfg.scheduler.mode == "plc"
+    plc = None
     try:
         daemon = Daemon(cfg, logger=logger, on_decision=lambda d: decisions.__setitem__(d.part_id, d),
                         **(daemon_kwargs or {}))
         cam = daemon.camera
         if not isinstance(cam, SimCamera):
             raise ConfigError("simulate needs source.type: sim")
+        if plc_mode:
+            plc = _start_plc(cfg, cam)
         t0 = time.monotonic()
         daemon.start()
         daemon.wait()
+        if plc is not None:  # parts decided but still on their way to the PLC's ejector
+            s = cfg.scheduler
+            deadline = time.monotonic() + s.distance_counts / cam.encoder.ticks_per_s + 2.0
+            while plc.pending() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep((s.pulse_ms + 5.0) / 1e3)
         wall_s = time.monotonic() - t0
     finally:
         sys.setswitchinterval(old_switch)
+        if plc is not None:
+            plc.stop()
     if daemon.fatal is not None:
         raise DeviceError(f"simulation stopped: {daemon.fatal!r}")
-    fake = [o for o in daemon.output_specs if isinstance(o, FakeGpioOutput)]
-    if not fake or fake[0].cfg.lines.reject is None:
-        raise ConfigError("simulate needs a fake_gpio output with a reject line (the checker reads its edges)")
-    chip = FakeGpioChip.get(fake[0].cfg.chip)
-    lines = fake[0].cfg.lines
     logged = {r["part_id"] for r in read_events(cfg.events.path, daemon.run_id)}
     pitch_ns = int(1e9 / cam.parts_per_s)
-    report = check_run(cam.truth, decisions, chip.edges_for(lines.reject), cam.encoder.count_at, pitch_ns, logged,
-                       time.monotonic_ns(),
-                       review_edges=chip.edges_for(lines.review) if lines.review is not None else None,
-                       fired=list(daemon.pulse_timing))
+    if plc is not None:
+        report = check_run(cam.truth, decisions, plc.edges, cam.encoder.count_at, pitch_ns, logged,
+                           time.monotonic_ns(),
+                           fired=[(e.part_id, "reject", None, e.t_ns, e.count, e.merged, None) for e in plc.ejections])
+        report.update(plc_report(plc, cam.truth))
+    else:
+        fake = [o for o in daemon.output_specs if isinstance(o, FakeGpioOutput)]
+        if not fake or fake[0].cfg.lines.reject is None:
+            raise ConfigError("simulate needs a fake_gpio output with a reject line (the checker reads its edges)")
+        chip = FakeGpioChip.get(fake[0].cfg.chip)
+        lines = fake[0].cfg.lines
+        report = check_run(cam.truth, decisions, chip.edges_for(lines.reject), cam.encoder.count_at, pitch_ns, logged,
+                           time.monotonic_ns(),
+                           review_edges=chip.edges_for(lines.review) if lines.review is not None else None,
+                           fired=list(daemon.pulse_timing))
     summary = daemon.summary()
     report.update({
         "mode": cfg.scheduler.mode,
@@ -105,6 +123,33 @@ def simulate_config(cfg: RunConfig, logger: logging.Logger | None = None,
     return report
 
 
+def _start_plc(cfg: RunConfig, cam: SimCamera) -> Any:
+    """The simulated PLC of PLC-timed mode, serving the port the Modbus output writes to."""
+    from edgekit.sim.plc import ShiftRegisterPlc
+
+    mods = [o for o in cfg.outputs if o.type == "modbus"]
+    if not mods or mods[0].host not in ("127.0.0.1", "localhost"):
+        raise ConfigError("simulate with scheduler.mode: plc needs a modbus output with host 127.0.0.1 "
+                          "(the simulated PLC listens there)")
+    m = mods[0]
+    return ShiftRegisterPlc(cam.encoder, m.port, base_address=m.base_address, pulse_ms=cfg.scheduler.pulse_ms,
+                            distance_counts=cfg.scheduler.distance_counts).start()
+
+
+def plc_report(plc: Any, truth: list[Any]) -> dict[str, Any]:
+    """What the PLC side did: results read (each once, in order), targets against the truth,
+    where the ejector fired relative to its target count."""
+    station = {p.part_id: p.station_count for p in truth}
+    seqs = [r["seq"] for r in plc.results]
+    mism = [r["part_id"] for r in plc.results if r["part_id"] in station and r["target_count"] != station[r["part_id"]]]
+    fire = [e.count - e.target_count for e in plc.ejections]
+    return {"plc_results_read": len(plc.results), "plc_results_missed": plc.missed_results,
+            "plc_results_in_order": seqs == sorted(seqs) and len(set(seqs)) == len(seqs),
+            "plc_target_mismatches": len(mism), "plc_target_mismatch_ids": mism[:20],
+            "plc_ejections": len(plc.ejections),
+            "plc_fire_after_target_ticks": {"max": max(fire) if fire else None, "min": min(fire) if fire else None}}
+
+
 def format_report(r: dict[str, Any]) -> list[str]:
     """Human-readable summary lines."""
     pt, pm, e2e = r["placement_error_ticks"], r["placement_error_ms"], r["e2e_latency_ms"]
@@ -120,7 +165,13 @@ def format_report(r: dict[str, Any]) -> list[str]:
         f"event log: {r['events_logged']} rows, lost: {r['lost_events']}, undecided parts: {r['no_decision']} "
         f"({r['log_path']})",
     ]
-    out.append(late_pulse_line(r))
+    if "plc_results_read" in r:
+        f = r["plc_fire_after_target_ticks"]
+        out.append(f"PLC-timed: the PLC read {r['plc_results_read']} results (missed {r['plc_results_missed']}), "
+                   f"target count ≠ the part's station count: {r['plc_target_mismatches']}; ejector fired "
+                   f"{r['plc_ejections']} times, {f['min']}–{f['max']} ticks after its target (PLC scan)")
+    else:
+        out.append(late_pulse_line(r))
     if r.get("stage_latency"):
         st = r["stage_latency"]
         out.append("per-stage latency median/p99 ms: " + ", ".join(
