@@ -823,23 +823,19 @@ def check_clock(params: DoctorParams, probes: Probes) -> CheckResult:
 def check_pulse_timing(params: DoctorParams, probes: Probes) -> CheckResult:
     """Wake-up jitter of a line-process-like child against ``scheduler.tolerance_ms``."""
     name = "pulse timing"
-    from edgekit.runtime.lineproc import RT_FIX
+    from edgekit.runtime.lineproc import PLC_FIX, RT_FIX, describe_jitter
 
     j = probes.timer_jitter(params.jitter_probe_ms, params.rt_priority, params.busy_wait_us,
                             timeout_s=params.jitter_probe_ms / 1e3 + 20.0)
-    fifo = "SCHED_FIFO granted" if j.get("sched_fifo") else (
-        "SCHED_FIFO refused" if params.rt_priority else "SCHED_FIFO not configured (line.rt_priority)")
-    causes = {k: v for k, v in (j.get("late_over_100us_by_cause") or {}).items() if v}
-    detail = (f"wake-up jitter p50/p99/max {j['p50_s'] * 1e3:.3f}/{j['p99_s'] * 1e3:.3f}/{j['max_s'] * 1e3:.3f} ms "
-              f"over {j['n']} wake-ups, {fifo}" + (f"; late wake-ups by cause {causes}" if causes else ""))
+    detail = describe_jitter(j, j.get("sched_fifo"), requested=bool(params.rt_priority))
     if j["p99_s"] * 1e3 <= params.tolerance_ms:
         return _ok(name, detail + f" (tolerance {params.tolerance_ms:g} ms)")
     if params.scheduler_mode == "plc":
         return _ok(name, detail + " — above tolerance, but the PLC times the reject (scheduler.mode: plc)")
     hint = RT_FIX
-    if causes.get("hypervisor"):
+    if (j.get("late_over_100us_by_cause") or {}).get("hypervisor"):
         hint = ("this machine's CPU is taken away by its hypervisor (a VM): use a dedicated, not overcommitted "
-                "core or bare metal, or " + RT_FIX.split("; where none is possible, ")[-1])
+                f"core or bare metal, or {PLC_FIX}")
     return _fail(name, detail + f" > scheduler.tolerance_ms {params.tolerance_ms:g} ms: reject pulses may land late",
                  hint, optional=True)
 

@@ -147,7 +147,7 @@ class RunConfig(StrictModel):
             raise ValueError(f"scheduler.mode '{self.scheduler.mode}' needs an encoder section")
         if self.scheduler.mode == "plc" and not any(o.type.startswith("modbus") for o in self.outputs):
             raise ValueError("scheduler.mode 'plc' needs a Modbus output that carries each result's target count "
-                             "to the PLC (docs/plc.md, PLC-timed rejection)")
+                             "to the PLC; add an output of type modbus (docs/plc-timed.md)")
         if self.source.type == "sim" and (self.encoder is None or self.encoder.type != "sim"):
             raise ValueError("source.type 'sim' needs encoder: {type: sim, speed_mm_s: ..., ticks_per_mm: ...}")
         names = [o.name for o in self.outputs]

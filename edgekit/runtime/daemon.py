@@ -176,8 +176,6 @@ class Daemon:
         self._stage_s: dict[str, deque[float]] = {}
         self._pulses: Counter[str] = Counter()
         self._output_errors: Counter[str] = Counter()
-        self._late_pulses = 0
-        self._late_commands = 0
         self._late_by_cause: Counter[str] = Counter()
         # (part_id, role, target_ns or None, t_ns, count, merged, late cause) of every pulse start
         self.pulse_timing: deque[tuple[Any, ...]] = deque(maxlen=200_000)
@@ -319,8 +317,6 @@ class Daemon:
             _, part_id, role, t_ns, count, late, merged, late_cmd, target_ns, cause = msg
             with self._lock:
                 self._pulses[role] += 1
-                self._late_pulses += int(late)
-                self._late_commands += int(late and late_cmd)
                 if late:
                     self._late_by_cause[cause] += 1
                 self.pulse_timing.append((part_id, role, target_ns, t_ns, count, merged, cause))
@@ -365,14 +361,11 @@ class Daemon:
              p99_ms=round(j["p99_s"] * 1e3, 3), max_ms=round(j["max_s"] * 1e3, 3), n=j["n"],
              sched_fifo=info.get("sched_fifo"), late_by_cause=j.get("late_over_100us_by_cause"))
         if j["p99_s"] > tol_s and self.cfg.scheduler.mode != "plc":
-            from edgekit.runtime.lineproc import RT_FIX
+            from edgekit.runtime.lineproc import RT_FIX, describe_jitter
 
-            causes = {k: v for k, v in (j.get("late_over_100us_by_cause") or {}).items() if v}
-            self.notes.append(
-                f"line process wake-up jitter p99 {j['p99_s'] * 1e3:.2f} ms (max {j['max_s'] * 1e3:.2f} ms, "
-                f"SCHED_FIFO {'granted' if info.get('sched_fifo') else 'not granted'}"
-                f"{', late wake-ups by cause ' + str(causes) if causes else ''}) exceeds "
-                f"scheduler.tolerance_ms={self.cfg.scheduler.tolerance_ms}: reject pulses may land late; {RT_FIX}")
+            self.notes.append(f"line process {describe_jitter(j, info.get('sched_fifo'), bool(self.cfg.line.rt_priority))}: p99 exceeds "
+                              f"scheduler.tolerance_ms={self.cfg.scheduler.tolerance_ms}, reject pulses may land "
+                              f"late; {RT_FIX}")
 
     def _check_capabilities(self) -> None:
         roles = set().union(*(o.roles() for o in self.output_specs)) if self.output_specs else set()
@@ -383,9 +376,6 @@ class Daemon:
         if self.cfg.scheduler.mode in ("encoder", "plc") and self.encoder is None:
             raise ConfigError(f"scheduler.mode is '{self.cfg.scheduler.mode}' but no encoder is configured; "
                               "add an encoder section")
-        if self.cfg.scheduler.mode == "plc" and not any(o.type.startswith("modbus") for o in self.cfg.outputs):
-            raise ConfigError("scheduler.mode is 'plc' but no Modbus output carries the results to the PLC; "
-                              "add an output of type modbus (docs/plc.md, PLC-timed rejection)")
 
     def _spawn(self, name: str, fn: Any) -> None:
         t = threading.Thread(target=self._guard, args=(name, fn), name=name, daemon=True)
@@ -769,10 +759,10 @@ class Daemon:
                 "failsafe": dict(self._failsafe),
                 "rejects_fired": self._pulses.get("reject", 0),
                 "reviews_fired": self._pulses.get("review", 0),
-                "late_pulses": self._late_pulses,
-                "late_pulses_decision_after_target": self._late_commands,
+                "late_pulses": sum(self._late_by_cause.values()),
+                "late_pulses_decision_after_target": self._late_by_cause.get("decision", 0),
                 "late_pulses_by_cause": dict(self._late_by_cause),
-                "timer": {k: v for k, v in self.line_info.items()},
+                "timer": dict(self.line_info),
                 "frames_missed": self._frames_missed,
                 "camera_reconnects": self._reconnects,
                 "output_errors": dict(self._output_errors),

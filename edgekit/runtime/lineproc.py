@@ -104,16 +104,27 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
     loop.run()
 
 
+PLC_FIX = "let the PLC time the reject (scheduler.mode: plc, docs/plc-timed.md)"
 RT_FIX = ("grant the service real-time scheduling (systemd: LimitRTPRIO=99 and CAP_SYS_NICE in "
           "AmbientCapabilities/CapabilityBoundingSet), keep a core for it (isolcpus= / CPUAffinity=), or use "
-          "a PREEMPT_RT kernel (Jetson: the JetPack real-time kernel); where none is possible, let the PLC "
-          "time the reject (scheduler.mode: plc, docs/plc.md)")
+          f"a PREEMPT_RT kernel (Jetson: the JetPack real-time kernel); where none is possible, {PLC_FIX}")
+
+
+def describe_jitter(j: dict[str, Any], sched_fifo: bool | None, requested: bool = True) -> str:
+    """One phrase for a ``measure_jitter`` result: p50/p99/max in ms, the scheduling (granted,
+    refused, or not configured when ``line.rt_priority`` is unset) and the late wake-ups by cause
+    (used by the daemon's startup note, doctor and the simulator)."""
+    causes = {k: v for k, v in (j.get("late_over_100us_by_cause") or {}).items() if v}
+    sched = ("SCHED_FIFO granted" if sched_fifo else "SCHED_FIFO refused" if requested
+             else "SCHED_FIFO not configured (line.rt_priority)")
+    return (f"wake-up jitter p50/p99/max {j['p50_s'] * 1e3:.3f}/{j['p99_s'] * 1e3:.3f}/{j['max_s'] * 1e3:.3f} ms "
+            f"over {j['n']} wake-ups, {sched}" + (f", late wake-ups by cause {causes}" if causes else ""))
 
 
 def measure_jitter(clock: Any, duration_ms: float, period_ns: int = 2_000_000) -> dict[str, Any]:
     """Wake-up lateness of this process for ``duration_ms``: sleep to a target every
     ``period_ns`` the way an edge is waited for, record how late each wake-up came and why
-    (``clock.late_cause``). Returns p50/p99/max in seconds, n, and the late wake-ups by cause."""
+    (``late_cause``). Returns p50/p99/max in seconds, n, and the wake-ups > 100 µs late by cause."""
     probe = SchedProbe()
     lat: list[int] = []
     causes = dict.fromkeys(_LATE_CAUSES[1:], 0)
@@ -351,8 +362,8 @@ class _LineLoop:
                 gc.collect(1)
                 self.next_gc_ns = now + 1_000_000_000
                 left = target - clock.now_ns()
-            if self.probe is not None and left > 0:
-                self._wait_sample = self.probe.sample()  # how the next edge's wait began (for late causes)
+            if self.probe is not None and left > 0 and len(self.timeline):
+                self._wait_sample = self.probe.sample()  # how a pulse's wait began (for late causes)
             try:
                 if left > _GUARD_NS:
                     fds = [conn] if self.trig_req is None else [conn, self.trig_req.fd]

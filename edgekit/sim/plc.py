@@ -22,6 +22,8 @@ from typing import Any
 from edgekit.runtime.outputs import modbus as mb
 from edgekit.runtime.outputs.gpio import EdgeRecord
 
+log = logging.getLogger("edgekit.sim.plc")
+
 # result-block offsets (docs/plc.md); TARGET_COUNT where the output's map has it
 OFF_RESULT_SEQ = 2
 OFF_PART_ID = 3
@@ -112,7 +114,8 @@ class ShiftRegisterPlc:
         self.base = base_address
         self.scan_ns = int(scan_ms * 1e6)
         self.program = ShiftRegisterProgram(pulse_ms, distance_counts)
-        self.scan_errors = 0
+        self.scan_errors = 0  # failed register transfers (counted; a PLC keeps scanning)
+        self.server_error: str | None = None
         self._size = base_address + mb.BLOCK_B_OFFSET + mb.BLOCK_B + 8
         self._stop = threading.Event()
         self._loop: Any = None
@@ -174,8 +177,9 @@ class ShiftRegisterPlc:
 
             try:
                 loop.run_until_complete(run())
-            except Exception:  # noqa: BLE001 (shutdown races of the server task)
-                pass
+            except Exception as exc:  # noqa: BLE001 (the server died: the simulated PLC is gone)
+                self.server_error = f"{exc.__class__.__name__}: {exc}"
+                log.error("simulated PLC server on 127.0.0.1:%d stopped: %s", self.port, self.server_error)
             finally:
                 loop.close()
 
@@ -199,12 +203,10 @@ class ShiftRegisterPlc:
         self._stop.set()
         if self._threads:
             self._threads[-1].join(timeout=5)
-        if self._server is not None and self._loop is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(timeout=5)
-            except Exception:  # noqa: BLE001
-                pass
-        self._threads[0].join(timeout=5) if self._threads else None
+        if self._server is not None and self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(timeout=5)
+        if self._threads:
+            self._threads[0].join(timeout=5)
         self.program.finish(time.monotonic_ns())
 
     def _scan_loop(self) -> None:

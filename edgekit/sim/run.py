@@ -146,7 +146,7 @@ def plc_report(plc: Any, truth: list[Any]) -> dict[str, Any]:
     return {"plc_results_read": len(plc.results), "plc_results_missed": plc.missed_results,
             "plc_results_in_order": seqs == sorted(seqs) and len(set(seqs)) == len(seqs),
             "plc_target_mismatches": len(mism), "plc_target_mismatch_ids": mism[:20],
-            "plc_ejections": len(plc.ejections),
+            "plc_ejections": len(plc.ejections), "plc_scan_errors": plc.scan_errors,
             "plc_fire_after_target_ticks": {"max": max(fire) if fire else None, "min": min(fire) if fire else None}}
 
 
@@ -168,7 +168,8 @@ def format_report(r: dict[str, Any]) -> list[str]:
     if "plc_results_read" in r:
         f = r["plc_fire_after_target_ticks"]
         out.append(f"PLC-timed: the PLC read {r['plc_results_read']} results (missed {r['plc_results_missed']}), "
-                   f"target count ≠ the part's station count: {r['plc_target_mismatches']}; ejector fired "
+                   f"target count ≠ the part's station count: {r['plc_target_mismatches']}, failed scans: "
+                   f"{r['plc_scan_errors']}; ejector fired "
                    f"{r['plc_ejections']} times, {f['min']}–{f['max']} ticks after its target (PLC scan)")
     else:
         out.append(late_pulse_line(r))
@@ -189,12 +190,12 @@ def late_pulse_line(r: dict[str, Any]) -> str:
     out = (f"late pulses (> scheduler.tolerance_ms after target): {r.get('late_pulses', 0)} "
            f"(line process late {line_late}{': ' + detail if detail else ''}, decision late {decision})")
     t = r.get("timer") or {}
-    j = t.get("jitter")
-    if t:
+    if t.get("jitter"):
+        from edgekit.runtime.lineproc import describe_jitter
+
+        out += f"; line process at startup: {describe_jitter(t['jitter'], t.get('sched_fifo'))}"
+    elif t:
         out += f"; line process SCHED_FIFO {'granted' if t.get('sched_fifo') else 'not granted'}"
-    if j:
-        out += (f", startup wake-up jitter p50/p99/max {j['p50_s'] * 1e3:.3f}/{j['p99_s'] * 1e3:.3f}/"
-                f"{j['max_s'] * 1e3:.3f} ms")
     return out
 
 
