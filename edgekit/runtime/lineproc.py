@@ -320,6 +320,8 @@ class _LineLoop:
         conn = self.conn
         clock = self.clock
         parent_gone = False
+        if self.next_trig_ns is not None:  # a simulated trigger starts with the loop, not before the probe
+            self.next_trig_ns = clock.now_ns() + int(self.trig["period_ms"] * 1e6)
         while True:
             now = clock.now_ns()
             count = self.enc.count() if self.enc_ready else None

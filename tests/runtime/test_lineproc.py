@@ -200,3 +200,14 @@ def test_jitter_probe_on_the_virtual_clock_is_zero_and_on_the_real_clock_is_meas
     assert j["n"] == 10 and j["p50_s"] == j["p99_s"] == j["max_s"] == 0.0
     j = measure_jitter(MonotonicClock(busy_ns=200_000), 20.0, period_ns=1_000_000)
     assert j["n"] == 20 and 0.0 <= j["p50_s"] <= j["p99_s"] <= j["max_s"]  # figures only; no bound here
+
+
+def test_simulated_trigger_starts_with_the_loop_not_before_the_startup_probe() -> None:
+    clock = VirtualClock(T0)
+    conn = ScriptedConn(clock, [(T0 + 500 * MS, ("stop", 0.0))])
+    loop = _LineLoop(conn, _spec(trigger={"type": "sim", "period_ms": 50.0}), [RecordingOutput(clock)], None,
+                     clock=clock)
+    clock.advance_to(T0 + 300 * MS)  # the jitter probe runs between construction and run()
+    loop.run()
+    times = [m[2] for m in conn.messages("trigger")]
+    assert times == [T0 + 300 * MS + k * 50 * MS for k in range(1, 5)]  # one per period, no burst of past ones
