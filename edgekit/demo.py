@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "rd-lite0.yaml"
+RECIPE = Path(__file__).resolve().parent / "recipes" / "rd-lite0.yaml"  # package data
 
 
 def _recipe_path() -> Path:
@@ -16,7 +16,7 @@ def _recipe_path() -> Path:
         return RECIPE
     from edgekit.errors import ConfigError
 
-    raise ConfigError(f"{RECIPE}: demo recipe not found; run the demo from a source checkout (make demo)")
+    raise ConfigError(f"{RECIPE}: demo recipe not found in the installed package; reinstall edgekit")
 
 
 def _step(title: str) -> float:
