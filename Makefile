@@ -11,7 +11,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: torch 2.13 breaks torchvision, which timm needs
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[train,plc,jetson,dev]'
+	# torch pinned again so the resolver cannot trade it down; [jetson] (cuda-python<13 for
+	# JetPack's CUDA 12) is for the Jetson: next to this torch (CUDA 13 bindings) it would downgrade
+	# torch. [dev] brings the gpiod bindings the tests use.
+	$(BIN)/pip install -q -e '.[train,plc,dev]' torch==2.14.1 torchvision==0.29.1
 	touch $(STAMP)
 
 demo: $(STAMP)
