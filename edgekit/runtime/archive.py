@@ -111,14 +111,18 @@ class Archive:
             if d is None:
                 return
             f = d.frame
-            tag = d.failsafe or d.kind
-            stem = f"{f.t_capture_ns}_{f.source_id}_p{f.part_id}_{tag}"
+            path = self.path_for(d)
             try:
-                self._write(self.dir / f"{stem}.{self.cfg.format}", cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+                self._write(path, cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
                 if self.cfg.heatmap and d.maps is not None:
-                    self._write(self.dir / f"{stem}_heat.{self.cfg.format}", heatmap_overlay(f.image, d.maps))
+                    self._write(path.with_name(f"{path.stem}_heat{path.suffix}"), heatmap_overlay(f.image, d.maps))
             except (OSError, cv2.error):
                 self.skipped += 1  # disk trouble must never reach the decision path
+
+    def path_for(self, d: Decision) -> Path:
+        """Where a submitted decision's frame is written (reported to outputs such as MQTT)."""
+        f = d.frame
+        return self.dir / f"{f.t_capture_ns}_{f.source_id}_p{f.part_id}_{d.failsafe or d.kind}.{self.cfg.format}"
 
     @property
     def used_bytes(self) -> int:

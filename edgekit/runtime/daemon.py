@@ -194,6 +194,8 @@ class Daemon:
         self._started = False
         self._unpaced = False
         self._swap_lock = threading.Lock()
+        self._enabled = True  # Daemon.control enable/disable: disabled = rejects logged, not pulsed
+        self._suppressed: Counter[str] = Counter()  # pulses not fired while disabled, by role
 
     # ------------------------------------------------------------------ construction
     def _make_camera(self) -> Camera:
@@ -335,6 +337,8 @@ class Daemon:
                 q.put(msg[1:])  # (part seq, trigger time ns, latched encoder count)
         elif kind == "count" and isinstance(self.encoder, RemoteEncoder):
             self.encoder.update(msg[1], msg[2])
+        elif kind == "control":  # ResetFault / Enable / Disable / TRIGGER from a PLC or OPC UA client
+            self.control(msg[1], msg[2])
         elif kind == "error":
             self.metrics.output_errors.labels(msg[1]).inc()
             with self._lock:
@@ -620,13 +624,25 @@ class Daemon:
         except ValueError as exc:  # encoder mode and a frame without count: cannot place it
             emit(self.log, logging.ERROR, "unschedulable", part_id=d.part_id, error=str(exc))
             cmds = []
+        if cmds and not self._enabled:  # disabled (Daemon.control): logged and reported, not pulsed
+            with self._lock:
+                for c in cmds:
+                    self._suppressed[c.role] += 1
+            cmds = []
         if self.line is not None:
             for c in cmds:
                 self.line.schedule(c)
-            self.line.publish(d, self.scheduler.target_count(d))
+        image_path = None
         if self.archive is not None and (d.kind in self.cfg.archive.kinds or (d.failsafe and "failsafe" in self.cfg.archive.kinds)):
             if not self.archive.submit(d):
                 self.metrics.archive_skipped.inc()
+            elif d.frame.image is not None:
+                image_path = str(self.archive.path_for(d))
+        if self.line is not None:
+            pipe = self.pipeline
+            self.line.publish(d, self.scheduler.target_count(d),
+                              {"bundle_id": pipe.bundle.bundle_id if pipe else None, "image_path": image_path,
+                               "enabled": self._enabled})
         self._events_q.put(d)  # large bound; blocks rather than drop a decision
         self.metrics.queue_depth.labels("events").set(self._events_q.qsize())
 
@@ -672,6 +688,56 @@ class Daemon:
         return {"healthy": self._healthy(now) and threads_ok, "pending": len(self.tracker),
                 "frames": self._frames, "committed": self._committed,
                 "since_progress_s": round((now - self._last_progress_ns) / 1e9, 3), "run_id": self.run_id}
+
+    # ------------------------------------------------------------------ control
+    CONTROL_ACTIONS = {"resetfault": "reset_fault", "enable": "enable", "disable": "disable", "trigger": "trigger"}
+
+    def control(self, action: str, source: str) -> dict[str, Any]:
+        """Apply one control action from a PLC, an OPC UA client or the operator page and record it
+        in the event log (``notes``, kind ``control``). Thread-safe; never raises for a bad request.
+
+        Actions (case, ``_`` and ``-`` ignored: ``ResetFault`` = ``reset_fault``):
+          ``reset_fault``: outputs clear their latched FAULT / FAULT_CODE (docs/plc.md);
+          ``disable``: rejects are still decided, logged and reported, but no reject/review pulse is
+          fired (counted in ``summary()["pulses_suppressed_disabled"]``); ``enable``: pulses again;
+          ``trigger``: a software trigger (one part) on a camera with ``source.trigger``; refused
+          for a free-running or simulated camera.
+        Returns ``{"ok", "action", "source", "message", "enabled"}``."""
+        key = "".join(ch for ch in str(action).lower() if ch.isalpha())
+        act = self.CONTROL_ACTIONS.get(key)
+        ok = True
+        if act is None:
+            ok, act = False, str(action)
+            msg = f"unknown control action {action!r}; use one of reset_fault, enable, disable, trigger"
+        elif act == "reset_fault":
+            if self.line is not None:
+                self.line.reset_fault()
+            msg = "latched faults cleared on every output"
+        elif act in ("enable", "disable"):
+            with self._lock:
+                was, self._enabled = self._enabled, act == "enable"
+            if self.line is not None:
+                self.line.set_enabled(act == "enable")
+            msg = (("already " if was == self._enabled else "") +
+                   ("enabled: rejects are pulsed" if self._enabled else "disabled: rejects are logged, not pulsed"))
+        else:
+            trig = getattr(self.cfg.source, "trigger", None)
+            if trig is None or self.line is None:
+                ok = False
+                msg = (f"software trigger refused: camera {self.cfg.source.type} is not triggered "
+                       "(configure source.trigger to take one part per trigger)")
+            else:
+                self.line.soft_trigger(source)
+                msg = "software trigger sent to the camera"
+        emit(self.log, logging.INFO if ok else logging.WARNING, "control", action=act, source=source, ok=ok,
+             message=msg)
+        self._events_note("control", f"{act} from {source}: {'ok' if ok else 'refused'}: {msg}")
+        return {"ok": ok, "action": act, "source": source, "message": msg, "enabled": self._enabled}
+
+    @property
+    def enabled(self) -> bool:
+        """False after ``control("disable", ...)``: rejects are logged, not pulsed."""
+        return self._enabled
 
     # ------------------------------------------------------------------ events
     def _events_loop(self) -> None:
@@ -759,6 +825,8 @@ class Daemon:
                 "failsafe": dict(self._failsafe),
                 "rejects_fired": self._pulses.get("reject", 0),
                 "reviews_fired": self._pulses.get("review", 0),
+                "pulses_suppressed_disabled": dict(self._suppressed),
+                "enabled": self._enabled,
                 "late_pulses": sum(self._late_by_cause.values()),
                 "late_pulses_decision_after_target": self._late_by_cause.get("decision", 0),
                 "late_pulses_by_cause": dict(self._late_by_cause),

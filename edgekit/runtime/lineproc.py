@@ -10,10 +10,11 @@ daemon's wiring, not a stage): it builds the outputs from their configs, runs th
 
 Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), ("alive", bool),
 ("set", role, bool), ("band", accept_edge, reject_edge), ("fault", code), ("encoder_origin", t0_ns),
-("stop", drain_timeout_s). Line process → parent: ("ready", notes, info),
+("reset_fault",), ("enabled", bool), ("soft_trigger", source), ("stop", drain_timeout_s). Line process → parent: ("ready", notes, info),
 ("open_error", message), ("fired", part_id, role, t_ns, count, late, merged, late_command, target_ns,
 late_cause), ("error", output,
-message), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count), ("edges", {chip:
+message), ("control", action, source) (a PLC / OPC UA client asked for reset_fault, enable, disable or a
+trigger the line process cannot take itself: ``Daemon.control``), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count), ("edges", {chip:
 [EdgeRecord...]}), ("closed", stats) — all but the first two batched as ("batch", [...]).
 
 Safety: the heartbeat toggles only while the parent reports ``alive`` with a healthy pipeline;
@@ -267,6 +268,16 @@ class _LineLoop:
         elif kind == "fault":
             for o in self.outputs:
                 o.set_fault(msg[1])
+        elif kind == "reset_fault":
+            for o in self.outputs:
+                if hasattr(o, "reset_fault"):
+                    o.reset_fault()
+        elif kind == "enabled":
+            for o in self.outputs:
+                if hasattr(o, "set_enabled"):
+                    o.set_enabled(bool(msg[1]))
+        elif kind == "soft_trigger":
+            self.soft_trigger(msg[1], self.clock.now_ns())
         elif kind == "encoder_origin":
             self.enc.t0_ns = msg[1]  # the simulated belt of the parent's camera
             self.enc_ready = True
@@ -300,6 +311,14 @@ class _LineLoop:
         self.out_msgs.append(("trigger", self.trig_seq, t_ns, count))
         self.trig_seq += 1
 
+    def soft_trigger(self, source: str, t_ns: int) -> None:
+        """A software trigger (PLC TRIGGER bit, OPC UA, operator page): one part, like a trigger
+        edge at ``t_ns``, where the camera takes triggers; else handed to the daemon, which refuses."""
+        if self.trig is not None:
+            self._emit_trigger(t_ns)
+        else:
+            self.out_msgs.append(("control", "trigger", source))
+
     def _read_triggers(self) -> None:
         for ev in self.trig_req.read_edge_events():
             self._emit_trigger(ev.timestamp_ns)  # kernel CLOCK_MONOTONIC timestamp of the edge
@@ -309,6 +328,11 @@ class _LineLoop:
             for err in o.pop_errors():
                 self.stats["errors"] += 1
                 self.out_msgs.append(("error", o.name, err))
+            for action, source, t_ns in getattr(o, "pop_controls", list)():
+                if action == "trigger":
+                    self.soft_trigger(source, t_ns)
+                else:
+                    self.out_msgs.append(("control", action, source))
         if self.out_msgs:
             msgs, self.out_msgs = self.out_msgs, []
             try:
@@ -406,13 +430,15 @@ class _LineLoop:
                 pass
 
 
-def decision_message(d: Decision, target_count: int | None = None) -> dict[str, Any]:
+def decision_message(d: Decision, target_count: int | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What outputs that report per part (a PLC) get for one decision (no image). ``target_count``:
-    the encoder count at which the part reaches the reject station (PLC-timed rejection)."""
+    the encoder count at which the part reaches the reject station (PLC-timed rejection);
+    ``extra``: the daemon's ``bundle_id``, archived ``image_path`` (or None) and ``enabled``."""
     f = d.frame
     return {"part_id": f.part_id, "kind": d.kind, "score": d.score, "failsafe": d.failsafe,
             "encoder_count": f.encoder_count, "target_count": target_count, "t_capture_ns": f.t_capture_ns,
-            "t_decided_ns": d.t_decided_ns, "source_id": f.source_id}
+            "t_decided_ns": d.t_decided_ns, "source_id": f.source_id, "model_id": d.model_id, **(extra or {})}
 
 
 class LineProcess:
@@ -497,8 +523,8 @@ class LineProcess:
     def schedule(self, cmd: RejectCommand) -> None:
         self._send(("pulse", cmd))
 
-    def publish(self, d: Decision, target_count: int | None = None) -> None:
-        self._send(("publish", decision_message(d, target_count)))
+    def publish(self, d: Decision, target_count: int | None = None, extra: dict[str, Any] | None = None) -> None:
+        self._send(("publish", decision_message(d, target_count, extra)))
 
     @property
     def pid(self) -> int | None:
@@ -513,6 +539,16 @@ class LineProcess:
 
     def set_fault(self, code: int) -> None:
         self._send(("fault", code))
+
+    def reset_fault(self) -> None:
+        """Every output clears its latched fault (``Daemon.control("reset_fault")``)."""
+        self._send(("reset_fault",))
+
+    def set_enabled(self, enabled: bool) -> None:
+        self._send(("enabled", enabled))
+
+    def soft_trigger(self, source: str) -> None:
+        self._send(("soft_trigger", source))
 
     def alive(self, healthy: bool) -> None:
         self._send(("alive", healthy))

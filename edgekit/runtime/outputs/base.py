@@ -17,6 +17,9 @@ OUTPUTS: Registry[type[Output]] = Registry(
         "edgekit.runtime.outputs.gpio",
         "edgekit.runtime.outputs.jetson",
         "edgekit.runtime.outputs.modbus",
+        "edgekit.runtime.outputs.modbus_server",
+        "edgekit.runtime.outputs.opcua",
+        "edgekit.runtime.outputs.mqtt",
     ),
 )
 
@@ -56,6 +59,18 @@ class Output:
 
     def set_fault(self, code: int) -> None:
         """A station fault to report (PLC FAULT_CODE, docs/plc.md); GPIO outputs ignore it."""
+
+    def reset_fault(self) -> None:
+        """Clear latched faults (``Daemon.control("reset_fault")``, e.g. from another output)."""
+
+    def set_enabled(self, enabled: bool) -> None:
+        """The station was enabled/disabled (``Daemon.control``); outputs that report it show it."""
+
+    def pop_controls(self) -> list[tuple[str, str, int]]:
+        """Control requests received by this output since the last call, as (action, source,
+        monotonic ns): ``reset_fault``, ``enable``, ``disable``, ``trigger`` (a PLC or OPC UA client);
+        the line process takes triggers itself and hands the rest to ``Daemon.control``."""
+        return []
 
     def healthy(self) -> bool:
         return True
