@@ -24,6 +24,7 @@ from edgekit.runtime.outputs.jetson import JetsonGpioOutputConfig
 from edgekit.runtime.outputs.modbus import ModbusOutputConfig
 from edgekit.sim.camera import SimCameraConfig
 from edgekit.sim.faults import FaultyBackendConfig
+from edgekit.ui.config import UiConfig
 
 SourceConfig = Annotated[
     FolderCameraConfig | VideoCameraConfig | UsbCameraConfig | CsiCameraConfig | GstreamerCameraConfig
@@ -139,6 +140,7 @@ class RunConfig(StrictModel):
     health: HealthConfig = HealthConfig()
     line: LineConfig = LineConfig()
     log: LogConfig = LogConfig()
+    ui: UiConfig = UiConfig()  # operator page (edgekit/ui, extra [ui])
     watch_bundle: bool = False  # reload when bundle/manifest.json changes (besides SIGHUP)
 
     @model_validator(mode="after")
