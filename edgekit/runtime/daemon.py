@@ -190,6 +190,8 @@ class Daemon:
         self._work_ns = 0
         self._metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
+        self._ui: Any = None  # operator page (edgekit.ui), own threads; reads the event log
+        self.ui_url: str | None = None
         self.fatal: BaseException | None = None
         self._started = False
         self._unpaced = False
@@ -279,12 +281,20 @@ class Daemon:
             except OSError as exc:
                 self.notes.append(f"metrics endpoint disabled: {exc}")
                 self._metrics_server = None
+        if self.cfg.ui.enabled:
+            from edgekit.ui import start_ui
+
+            self._ui, ui_note = start_ui(self)
+            if ui_note:
+                self.notes.append(ui_note)
+            else:
+                self.ui_url = self._ui.url
         for n in self.notes:
             emit(self.log, logging.WARNING, "startup_note", note=n)
         emit(self.log, logging.INFO, "started", run_id=self.run_id, bundle_id=self.pipeline.bundle.bundle_id,
              model_id=self.pipeline.backend.model_id, accept_edge=band.accept_edge, reject_edge=band.reject_edge,
              band_source=band.source, source=self.camera.name, mode=self.cfg.scheduler.mode,
-             events=str(self.event_log.path), metrics_port=self.metrics_port, line_pid=self.line.pid,
+             events=str(self.event_log.path), metrics_port=self.metrics_port, ui_url=self.ui_url, line_pid=self.line.pid,
              config=self.cfg.model_dump(mode="json"))
         self._unpaced = not (self.camera.nominal_fps or self.camera.triggered)
         self._last_progress_ns = time.monotonic_ns()
@@ -457,6 +467,8 @@ class Daemon:
         self.event_log.close()
         if self._metrics_server is not None:
             self._metrics_server.stop()
+        if self._ui is not None:  # after the last commit: the page shows the final counts
+            self._ui.stop()
         self._stopped.set()
         emit(self.log, logging.INFO, "stopped", run_id=self.run_id, **{k: v for k, v in self.summary().items()
                                                                         if k in ("frames", "decisions", "rejects_fired")})
