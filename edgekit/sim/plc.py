@@ -24,12 +24,12 @@ from edgekit.runtime.outputs.gpio import EdgeRecord
 
 log = logging.getLogger("edgekit.sim.plc")
 
-# result-block offsets (docs/plc.md); TARGET_COUNT where the output's map has it
+# result-block offsets (docs/plc.md, client mode)
 OFF_RESULT_SEQ = 2
 OFF_PART_ID = 3
 OFF_DECISION = 5
 OFF_ENCODER_COUNT = 10
-OFF_TARGET_COUNT: int | None = getattr(mb, "OFF_TARGET_COUNT", None)
+OFF_TARGET_COUNT = mb.OFF_TARGET_COUNT
 REJECT_CODES = (mb.DECISION_CODES["reject"], mb.FAILSAFE_CODE)
 
 
@@ -45,14 +45,16 @@ class Ejection:
 class ShiftRegisterProgram:
     """The PLC program, apart from the transport: each ``scan`` gets the result block as the PLC
     reads it, the scan time and the encoder count, and returns the ACK_SEQ to write (or None).
-    ``distance_counts`` is only used where the result carries no TARGET_COUNT (an older map): then
-    the PLC adds the camera → ejector distance itself, as PLC programs traditionally do."""
+    The ejector fires at each reject's TARGET_COUNT. ``distance_counts`` (the camera → ejector
+    distance the PLC was commissioned with) is a plausibility check, as a PLC program would make
+    one: a TARGET_COUNT ≠ ENCODER_COUNT + distance_counts is counted in ``implausible_targets``."""
 
     def __init__(self, pulse_ms: float = 10.0, distance_counts: int | None = None) -> None:
         self.pulse_ns = int(pulse_ms * 1e6)
         self.distance_counts = distance_counts
         self.results: list[dict[str, int]] = []  # every result the program read, in order
         self.missed_results = 0  # RESULT_SEQ jumped by more than one between two scans
+        self.implausible_targets = 0
         self.ejections: list[Ejection] = []
         self.edges: list[EdgeRecord] = []
         self._queue: list[tuple[int, int]] = []  # (target count, part id)
@@ -70,10 +72,9 @@ class ShiftRegisterProgram:
                 self.missed_results += (seq - last) % 65535 - 1
             part_id = (regs[OFF_PART_ID] << 16) | regs[OFF_PART_ID + 1]
             enc = (regs[OFF_ENCODER_COUNT] << 16) | regs[OFF_ENCODER_COUNT + 1]
-            if OFF_TARGET_COUNT is not None:
-                target = (regs[OFF_TARGET_COUNT] << 16) | regs[OFF_TARGET_COUNT + 1]
-            else:
-                target = enc + int(self.distance_counts or 0)
+            target = (regs[OFF_TARGET_COUNT] << 16) | regs[OFF_TARGET_COUNT + 1]
+            if self.distance_counts is not None and target != enc + self.distance_counts:
+                self.implausible_targets += 1
             self.results.append({"seq": seq, "part_id": part_id, "decision": regs[OFF_DECISION],
                                  "encoder_count": enc, "target_count": target})
             if regs[OFF_DECISION] in REJECT_CODES:

@@ -11,6 +11,7 @@ from rt_helpers import PlcProcess, PlcServer
 
 from edgekit.runtime.outputs.modbus import (
     ACK_TIMEOUT,
+    BLOCK_B_OFFSET,
     FAULT,
     READY,
     REVIEW_ENABLED,
@@ -38,7 +39,7 @@ def plc():
 def _decision(pid: int, kind: str = "reject", score: float = 0.75, failsafe: str | None = None) -> dict:
     now = time.monotonic_ns()
     return {"part_id": pid, "kind": kind, "score": score, "failsafe": failsafe, "encoder_count": 123456,
-            "t_capture_ns": now - 7_000_000, "t_decided_ns": now, "source_id": "cam0"}
+            "target_count": 123831, "t_capture_ns": now - 7_000_000, "t_decided_ns": now, "source_id": "cam0"}
 
 
 def test_result_block_and_ack_handshake(plc) -> None:
@@ -49,19 +50,20 @@ def test_result_block_and_ack_handshake(plc) -> None:
         out.set_line("ready", True)
         out.publish_dict(_decision(70000))
         assert _wait(lambda: plc.hr(2)[0] == 1)
-        a = plc.hr(0, 16)
+        a = plc.hr(0, 18)
         assert a[1] & READY and a[1] & REVIEW_ENABLED and a[2] == 1
         assert (a[3] << 16 | a[4]) == 70000 and a[5] == 2
         assert abs(struct.unpack(">f", struct.pack(">HH", a[6], a[7]))[0] - 0.75) < 1e-6
         assert a[8] == 1500 and 6 <= a[9] <= 9 and (a[10] << 16 | a[11]) == 123456
-        assert a[13] == 1 and a[14] == 1 and a[15] == 1  # reject count, part count, map version
-        plc.set_hr(17, [1])  # the PLC acknowledges RESULT_SEQ 1
+        assert a[13] == 1 and a[14] == 1 and a[15] == 2  # reject count, part count, map version
+        assert (a[16] << 16 | a[17]) == 123831  # TARGET_COUNT
+        plc.set_hr(BLOCK_B_OFFSET + 1, [1])  # the PLC acknowledges RESULT_SEQ 1 (ACK_SEQ)
         out.publish_dict(_decision(70001, kind="reject", failsafe="late", score=float("nan")))
         assert _wait(lambda: plc.hr(2)[0] == 2)
         a = plc.hr(0, 16)
         assert a[5] == 4 and a[12] == 3 and a[1] & FAULT  # fail-safe reject, deadline fault latched
         assert not a[1] & ACK_TIMEOUT
-        plc.set_hr(18, [2])  # CMD.RESET_FAULT rising edge
+        plc.set_hr(BLOCK_B_OFFSET + 2, [2])  # CMD.RESET_FAULT rising edge
         out.set_line("heartbeat", True)
         assert _wait(lambda: plc.hr(0)[0] >= 1 and not plc.hr(1)[0] & FAULT)
         assert out.pop_errors() == []

@@ -1,11 +1,12 @@
 """Modbus TCP output to a PLC (pymodbus 3.x sync client), implementing the register map and
-handshake of ``docs/plc.md`` (map version 1):
+handshake of ``docs/plc.md`` (client mode, map version 2):
 
-block A (edgekit → PLC, holding registers ``base_address`` + 0..15): HEARTBEAT, STATUS bits
+block A (edgekit → PLC, holding registers ``base_address`` + 0..17): HEARTBEAT, STATUS bits
 (READY, FAULT, REVIEW_ENABLED, ARCHIVE_FULL, ACK_TIMEOUT), RESULT_SEQ, PART_ID (u32), DECISION,
 SCORE (f32), SCORE_PERMILLE, LATENCY_MS, ENCODER_COUNT (u32), FAULT_CODE, REJECT_COUNT,
-PART_COUNT, MAP_VERSION — 32-bit values high word first. Block B (PLC → edgekit, + 16..23):
-PLC_HEARTBEAT, ACK_SEQ, CMD (ENABLE, RESET_FAULT), PLC_PART_ID (u32).
+PART_COUNT, MAP_VERSION, TARGET_COUNT (u32, PLC-timed rejection) — 32-bit values high word first;
+18..23 reserved. Block B (PLC → edgekit, + 24..31): PLC_HEARTBEAT, ACK_SEQ, CMD (ENABLE,
+RESET_FAULT), PLC_PART_ID (u32). (Map version 1 had no TARGET_COUNT and block B at 16.)
 
 A result is one FC16 write of block A; a heartbeat tick writes offsets 0–1; block B is read
 (FC03, 8 registers) after each write. Optional coils (``reject_coil``, ``heartbeat_coil``) mirror
@@ -29,9 +30,10 @@ from edgekit.config.base import StrictModel
 from edgekit.errors import DeviceError
 from edgekit.runtime.outputs.base import OUTPUTS, Output
 
-MAP_VERSION = 1
-BLOCK_A = 16
-BLOCK_B_OFFSET = 16
+MAP_VERSION = 2
+BLOCK_A = 18
+OFF_TARGET_COUNT = 16  # u32: ENCODER_COUNT + distance_counts (0 without encoder), docs/plc-timed.md
+BLOCK_B_OFFSET = 24  # 18..23 reserved for block A
 BLOCK_B = 8
 # STATUS bits
 READY, FAULT, REVIEW_ENABLED, ARCHIVE_FULL, ACK_TIMEOUT = 1, 2, 4, 8, 16
@@ -49,7 +51,7 @@ class ModbusOutputConfig(StrictModel):
     host: str
     port: int = Field(502, ge=1, le=65535)
     unit: int = Field(1, ge=0, le=255)
-    base_address: int = Field(0, ge=0, le=65535 - BLOCK_A - BLOCK_B)
+    base_address: int = Field(0, ge=0, le=65535 - BLOCK_B_OFFSET - BLOCK_B)
     ack_timeout_ms: float = Field(200.0, gt=0)
     timeout_s: float = Field(1.0, gt=0, le=30)
     retry_initial_s: float = Field(0.2, gt=0)
@@ -103,6 +105,7 @@ class ModbusOutput(Output):
         self.reject_count = 0
         self.part_count = 0
         self.result: list[int] = [0] * 9  # offsets 3..11
+        self.target_count = 0  # offsets 16..17
         # block B state
         self.plc_heartbeat: int | None = None
         self.plc_heartbeat_changed_ns = time.monotonic_ns()
@@ -112,6 +115,7 @@ class ModbusOutput(Output):
         self._pending_ack: tuple[int, int] | None = None  # (seq, deadline_ns)
         self.reconnects = 0
         self.acks_missed = 0
+        self.close_errors = 0  # closing an already broken connection failed (counted, logged once each)
 
     def roles(self) -> set[str]:
         roles = {"heartbeat", "ready"}
@@ -205,6 +209,7 @@ class ModbusOutput(Output):
             part_id = self.plc_part_id or d["part_id"]
             self.result = [*_u32(part_id), code, *_f32(score), _clip16(score / edge * 1000),
                            _clip16(latency_ms), *_u32(d.get("encoder_count") or 0)]
+            self.target_count = int(d.get("target_count") or 0)
             self.part_count = (self.part_count + 1) & 0xFFFF
             if kind == "reject":
                 self.reject_count = (self.reject_count + 1) & 0xFFFF
@@ -216,10 +221,10 @@ class ModbusOutput(Output):
 
     # ------------------------------------------------------------------ worker
     def block_a(self) -> list[int]:
-        """The 16 registers of block A in address order."""
+        """The ``BLOCK_A`` registers of block A in address order."""
         with self._lock:
             return [self.heartbeat, self.status, self.result_seq, *self.result, self.fault_code,
-                    self.reject_count, self.part_count, MAP_VERSION]
+                    self.reject_count, self.part_count, MAP_VERSION, *_u32(self.target_count)]
 
     def _connect(self) -> bool:
         try:
@@ -334,5 +339,7 @@ class ModbusOutput(Output):
                 self._connected = False
                 try:
                     self._client.close()
-                except Exception:  # noqa: S110 (already broken)
-                    pass
+                except Exception as close_exc:  # already broken: counted and reported, then reconnect
+                    self.close_errors += 1
+                    self._errors.append(f"PLC {self.cfg.host}:{self.cfg.port}: closing the broken connection "
+                                        f"failed: {close_exc.__class__.__name__}: {close_exc}")
