@@ -221,7 +221,9 @@ class LineView:
             return self._with_captions(self._archive_items)
         self._archive_written = arch.written
         try:
-            names = sorted(p.name for p in Path(arch.dir).iterdir() if p.is_file())
+            # oldest first by capture time (the numeric prefix), then name
+            names = sorted((p.name for p in Path(arch.dir).iterdir() if p.is_file()),
+                           key=lambda nm: (len(nm.split("_", 1)[0]), nm))
         except OSError:
             return []
         heat = {nm for nm in names if "_heat." in nm}
