@@ -177,6 +177,8 @@ class Daemon:
         self._pulses: Counter[str] = Counter()
         self._output_errors: Counter[str] = Counter()
         self._late_by_cause: Counter[str] = Counter()
+        self._encoder_faults = 0
+        self._encoder_lost = 0
         # (part_id, role, target_ns or None, t_ns, count, merged, late cause) of every pulse start
         self.pulse_timing: deque[tuple[Any, ...]] = deque(maxlen=200_000)
         self.line_info: dict[str, Any] = {}
@@ -321,6 +323,7 @@ class Daemon:
             "jitter_probe_ms": self.cfg.line.jitter_probe_ms,
             "tolerance_ms": self.cfg.scheduler.tolerance_ms,
             "trigger": trig.model_dump(mode="json") if trig is not None else None,
+            "pulse_ms": self.cfg.scheduler.pulse_ms,
         }
 
     def _on_line_message(self, msg: tuple[Any, ...]) -> None:
@@ -345,6 +348,17 @@ class Daemon:
             q = getattr(self.camera, "trigger_queue", None)
             if q is not None:
                 q.put(msg[1:])  # (part seq, trigger time ns, latched encoder count)
+        elif kind == "encoder_fault":  # lost edge events: the parts in flight were rejected
+            _, t_ns, lost, message, parts = msg
+            with self._lock:
+                self._encoder_faults += 1
+                self._encoder_lost += lost
+            self.metrics.encoder_faults.inc()
+            if lost:
+                self.metrics.encoder_lost_events.inc(lost)
+            emit(self.log, logging.ERROR, "encoder_fault", error=message, lost_events=lost,
+                 parts_rejected=len(parts))
+            self._events_note("encoder_fault", f"{message}; {len(parts)} part(s) in flight rejected: {parts[:20]}")
         elif kind == "count" and isinstance(self.encoder, RemoteEncoder):
             self.encoder.update(msg[1], msg[2])
         elif kind == "control":  # ResetFault / Enable / Disable / TRIGGER from a PLC or OPC UA client
@@ -840,6 +854,8 @@ class Daemon:
                 "pulses_suppressed_disabled": dict(self._suppressed),
                 "enabled": self._enabled,
                 "late_pulses": sum(self._late_by_cause.values()),
+                "encoder_faults": self._encoder_faults,
+                "encoder_lost_events": self._encoder_lost,
                 "late_pulses_decision_after_target": self._late_by_cause.get("decision", 0),
                 "late_pulses_by_cause": dict(self._late_by_cause),
                 "timer": dict(self.line_info),

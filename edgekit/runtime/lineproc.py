@@ -14,7 +14,8 @@ Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), (
 ("open_error", message), ("fired", part_id, role, t_ns, count, late, merged, late_command, target_ns,
 late_cause), ("error", output,
 message), ("control", action, source) (a PLC / OPC UA client asked for reset_fault, enable, disable or a
-trigger the line process cannot take itself: ``Daemon.control``), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count), ("edges", {chip:
+trigger the line process cannot take itself: ``Daemon.control``), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count),
+("encoder_fault", t_ns, lost_events, message, [part ids rejected for it]), ("edges", {chip:
 [EdgeRecord...]}), ("closed", stats) — all but the first two batched as ("batch", [...]).
 
 Safety: the heartbeat toggles only while the parent reports ``alive`` with a healthy pipeline;
@@ -194,6 +195,11 @@ class _LineLoop:
         if self.trig is not None and self.trig["type"] == "sim":
             self.next_trig_ns = now + int(self.trig["period_ms"] * 1e6)
         self.probe = SchedProbe() if spec.get("probe", True) else None
+        # parts between camera and ejector that are not already rejected: {part_id: target count};
+        # an encoder fault (lost edges) makes their placement unknown and they are rejected
+        self.inflight: dict[int, tuple[int, int]] = {}  # part_id: (target count, capture time)
+        self.failsafe_pulse_ms = float(spec.get("pulse_ms", 20.0))
+        self.trig_seq_k: int = 0  # last trigger event seqno (kernel): a gap is a lost trigger
         self._wait_sample: tuple[int, int, int] | None = None  # probe sample before the current wait
 
     def _target_ns(self, c: RejectCommand) -> int | None:
@@ -251,6 +257,7 @@ class _LineLoop:
                 self.late_cmds.add(c.part_id)  # the decision came after its target: not our lateness
             self.timeline.add(c)
         elif kind == "publish":
+            self._track_inflight(msg[1])
             for o in self.outputs:
                 try:
                     o.publish_dict(msg[1])
@@ -290,6 +297,9 @@ class _LineLoop:
             return
         from datetime import timedelta
 
+        from edgekit.runtime.gpiochip import resolve_chip
+
+        chip = resolve_chip(self.trig["chip"], who="source.trigger").path
         import gpiod
         from gpiod.line import Direction, Edge
 
@@ -298,11 +308,41 @@ class _LineLoop:
                                       active_low=self.trig["active_low"],
                                       debounce_period=timedelta(microseconds=self.trig["debounce_us"]))
         try:
-            self.trig_req = gpiod.request_lines(self.trig["chip"], consumer="edgekit-trigger",
-                                                config={self.trig["line"]: settings})
+            self.trig_req = gpiod.request_lines(chip, consumer="edgekit-trigger",
+                                                config={self.trig["line"]: settings},
+                                                event_buffer_size=self.trig.get("event_buffer_size"))
         except OSError as exc:
             raise DeviceError(f"trigger: cannot request {self.trig['chip']} line {self.trig['line']} "
                               f"({exc.strerror or exc}); check source.trigger") from None
+
+    def _track_inflight(self, d: dict[str, Any]) -> None:
+        tc = d.get("target_count")
+        if tc is None or not self.enc_ready:
+            return
+        count = self.enc.count()
+        if self.inflight and len(self.inflight) > 64:  # parts past the ejector leave the table
+            self.inflight = {p: v for p, v in self.inflight.items() if v[0] >= count}
+        if d.get("kind") != "reject" and tc >= count:
+            self.inflight[d["part_id"]] = (int(tc), int(d.get("t_capture_ns") or 0))
+
+    def check_encoder(self) -> None:
+        """Encoder faults (lost edge events, impossible transitions): report them and reject every
+        part in flight that is not rejected yet, at its target count (fail-safe: where a part is on
+        the belt is no longer known to the tick)."""
+        faults = self.enc.pop_faults()
+        if not faults:
+            return
+        count = self.enc.count()
+        t_first = min(f[0] for f in faults)
+        # captured before the first lost edge and not yet at the ejector; parts captured after it
+        # were latched on the same (shifted) count as the ejector's and stay placed
+        parts = sorted(p for p, (c, t) in self.inflight.items() if c >= count and t <= t_first)
+        for p in parts:
+            self.timeline.add(RejectCommand(p, "reject", self.failsafe_pulse_ms, at_count=self.inflight.pop(p)[0]))
+        self.stats["encoder_faults"] = self.stats.get("encoder_faults", 0) + len(faults)
+        for t_ns, lost, msg in faults:
+            self.out_msgs.append(("encoder_fault", t_ns, lost, msg, parts))
+            parts = []  # the parts are named once, with the first fault
 
     def _emit_trigger(self, t_ns: int) -> None:
         count = None
@@ -321,6 +361,11 @@ class _LineLoop:
 
     def _read_triggers(self) -> None:
         for ev in self.trig_req.read_edge_events():
+            if ev.line_seqno != self.trig_seq_k + 1:  # the kernel dropped trigger edges: parts not imaged
+                lost = ev.line_seqno - self.trig_seq_k - 1
+                self.out_msgs.append(("error", "trigger", f"{lost} trigger edge event(s) lost before seqno "
+                                      f"{ev.line_seqno} (kernel buffer full): {lost} part(s) passed uninspected"))
+            self.trig_seq_k = ev.line_seqno
             self._emit_trigger(ev.timestamp_ns)  # kernel CLOCK_MONOTONIC timestamp of the edge
 
     def flush(self) -> None:
@@ -348,6 +393,8 @@ class _LineLoop:
             self.next_trig_ns = clock.now_ns() + int(self.trig["period_ms"] * 1e6)
         while True:
             now = clock.now_ns()
+            if self.enc_ready:
+                self.check_encoder()
             count = self.enc.count() if self.enc_ready else None
             edges = self.timeline.due(now, count)
             if edges:

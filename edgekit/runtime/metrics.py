@@ -36,6 +36,10 @@ class Metrics:
                                    "after their target, by cause (decision: the result came after the target; "
                                    "runqueue/hypervisor/timer: the line process woke late)",
                                    ["role", "cause"], registry=r)
+        self.encoder_faults = Counter("edgekit_encoder_faults", "Encoder faults (lost edge events, impossible "
+                                      "quadrature transitions); the parts in flight are rejected", registry=r)
+        self.encoder_lost_events = Counter("edgekit_encoder_lost_events", "Encoder edge events the kernel dropped "
+                                           "(sequence-number gaps)", registry=r)
         self.placement_error = Histogram("edgekit_placement_error_seconds", "Pulse start minus its target time",
                                          buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05),
                                          registry=r)

@@ -12,21 +12,14 @@ from edgekit.errors import DeviceError
 from edgekit.runtime import gpiochip
 from edgekit.runtime.encoder import (GpiodEncoder, GpiodEncoderConfig, QuadratureDecoder, SimEncoder,
                                      SimEncoderConfig)
-from edgekit.sim import fake_gpiod
 
 A, B = 5, 6
 US = 1_000
 
 
 @pytest.fixture
-def chip(monkeypatch, tmp_path):
-    gpiod = fake_gpiod.install(monkeypatch)
-    gpiod.sim.reset()
-    monkeypatch.setattr(gpiochip, "DEV_DIR", str(tmp_path))
-    dev = gpiod.sim.add_chip(str(tmp_path / "gpiochip0"), label="tegra234-gpio", num_lines=164)
-    gpiod.sim.add_chip(str(tmp_path / "gpiochip1"), label="tegra234-gpio-aon", num_lines=32)
-    yield dev
-    gpiod.sim.reset()
+def chip(fake_chip):
+    return fake_chip
 
 
 class Belt:

@@ -211,3 +211,74 @@ def test_simulated_trigger_starts_with_the_loop_not_before_the_startup_probe() -
     loop.run()
     times = [m[2] for m in conn.messages("trigger")]
     assert times == [T0 + 300 * MS + k * 50 * MS for k in range(1, 5)]  # one per period, no burst of past ones
+
+
+class FaultingEncoder(SimEncoder):
+    """A simulated belt whose counter reports lost edge events once the clock passes ``t_fault``
+    (what ``GpiodEncoder.pop_faults`` returns after a sequence-number gap)."""
+
+    def __init__(self, clock: VirtualClock, t_fault: int) -> None:
+        super().__init__(SimEncoderConfig(speed_mm_s=1500.0, ticks_per_mm=1.0), clock=clock)
+        self.t_fault = t_fault
+
+    def pop_faults(self) -> list[tuple[int, int, str]]:
+        if self.t_fault is not None and self.clock() >= self.t_fault:
+            self.t_fault = None
+            return [(self.clock(), 7, "encoder: 7 edge event(s) lost before seqno 90")]
+        return []
+
+
+def test_encoder_fault_rejects_every_part_in_flight_at_its_target() -> None:
+    """Lost encoder edges: parts between camera and ejector not already rejected are rejected at
+    their target count; parts already past the ejector are not; the fault is reported once."""
+    clock = VirtualClock(T0)
+    origin = T0 + 5 * MS
+    enc = FaultingEncoder(clock, t_fault=origin + 240 * MS)  # count 360 at the fault
+    enc.t0_ns = origin
+    sched = RejectScheduler("encoder", distance_counts=200, pulse_ms=5.0)
+
+    def dec(pid: int, kind: str, count: int) -> dict[str, Any]:  # captured at `count` on the belt
+        t = enc.t0_ns + count * 1_000_000 * 2 // 3
+        d = Decision(Frame(pid, "cam", t, None, encoder_count=count), kind, 0.0, "m", None, t, {})
+        return decision_message(d, sched.target_count(d))
+
+    script = [(origin, ("encoder_origin", origin)),
+              (origin + MS, ("publish", dec(3, "accept", 100))),    # target 300: past the ejector at the fault
+              (origin + 2 * MS, ("publish", dec(1, "accept", 200))),  # target 400
+              (origin + 3 * MS, ("pulse", RejectCommand(2, "reject", 5.0, at_count=500))),
+              (origin + 3 * MS, ("publish", dec(2, "reject", 300))),
+              (origin + 4 * MS, ("publish", dec(4, "review", 260))),  # target 460
+              (origin + 200 * MS, ("publish", dec(6, "accept", 300))),  # captured at count 300, target 500
+              (origin + 240 * MS, ("alive", True)),  # the loop wakes (a real encoder's count stream: 5 ms)
+              (origin + 300 * MS, ("publish", dec(5, "accept", 400))),  # after the fault: placed normally
+              (origin + 301 * MS, ("stop", 5.0))]
+    conn, out, loop = _run(script, encoder=enc, clock=clock, pulse_ms=5.0)
+    enc.t0_ns = origin
+    assert [enc.count_at(t) for t in out.rising("reject")] == [400, 460, 500]  # 6 merges into 2's pulse
+    faults = conn.messages("encoder_fault")
+    assert [(m[2], m[4]) for m in faults] == [(7, [1, 4, 6])]
+    assert [(m[1], m[6]) for m in conn.messages("fired")] == [(1, False), (4, False), (2, False), (6, True)]
+    assert loop.stats["encoder_faults"] == 1
+
+
+def test_hardware_trigger_on_fake_gpiod_resolves_label_and_reports_lost_edges(fake_chip) -> None:
+    """The trigger input through the real request path (fake gpiod): kernel timestamps become
+    trigger times; edges the kernel FIFO dropped show as a line_seqno gap and are reported."""
+    clock = VirtualClock(T0)
+    trig = {"type": "gpiod", "chip": "tegra234-gpio", "line": 7, "edge": "rising", "active_low": False,
+            "debounce_us": 0, "event_buffer_size": 4, "period_ms": 100.0, "frame_timeout_ms": 100.0}
+    conn = ScriptedConn(clock, [])
+    loop = _LineLoop(conn, _spec(trigger=trig), [RecordingOutput(clock)], None, clock=clock)
+    loop.open_trigger()
+    fake_chip.drive(7, 1, T0 + 1 * MS)
+    fake_chip.drive(7, 0, T0 + 2 * MS)
+    loop._read_triggers()
+    for k in range(10):  # 10 parts while the loop is busy: the FIFO keeps the last 4
+        fake_chip.drive(7, 1, T0 + (10 + 2 * k) * MS)
+        fake_chip.drive(7, 0, T0 + (11 + 2 * k) * MS)
+    loop._read_triggers()
+    trig_msgs = [m for m in loop.out_msgs if m[0] == "trigger"]
+    assert [m[2] for m in trig_msgs] == [T0 + MS] + [T0 + (10 + 2 * k) * MS for k in range(6, 10)]
+    errors = [m for m in loop.out_msgs if m[0] == "error"]
+    assert len(errors) == 1 and errors[0][1] == "trigger" and "6 trigger edge event(s) lost" in errors[0][2]
+    loop.trig_req.release()

@@ -64,3 +64,27 @@ def test_gpiod_real_chip_toggles_line() -> None:
     out.set_line("reject", True)
     out.set_line("reject", False)
     out.close()
+
+
+def test_gpiod_output_on_the_fake_gpiod_module_by_label(fake_chip) -> None:
+    """The production GpiodOutput against the fake gpiod (the real module's surface): the chip is
+    named by label as the pin map recommends, lines start inactive, active_low inverts the
+    physical level, close drives them inactive and releases them."""
+    cfg = GpiodOutputConfig(chip="tegra234-gpio", lines=GpioLines(reject=43, heartbeat=44), active_low=True)
+    out = OUTPUTS.get("gpiod")(cfg)
+    out.open()
+    out.set_line("reject", True)
+    out.set_line("reject", False)
+    out.set_line("heartbeat", True)
+    out.close()
+    assert [lv for _, lv in fake_chip.output_history(43)] == [1, 0, 1]  # physical: idle high (active low)
+    assert [lv for _, lv in fake_chip.output_history(44)] == [1, 0, 1]
+    again = OUTPUTS.get("gpiod")(cfg)
+    again.open()  # released: free again
+    again.close()
+
+
+def test_gpiod_output_unknown_label_names_the_chips_present(fake_chip) -> None:
+    out = OUTPUTS.get("gpiod")(GpiodOutputConfig(chip="tegra194-gpio", lines=GpioLines(reject=1)))
+    with pytest.raises(DeviceError, match=r"outputs.gpio: no gpiochip with label 'tegra194-gpio' .*tegra234-gpio"):
+        out.open()

@@ -38,9 +38,10 @@ class TriggerConfig(StrictModel):
     """
 
     type: Literal["gpiod", "sim"] = "gpiod"
-    chip: str = "/dev/gpiochip0"
+    chip: str = "/dev/gpiochip0"  # path, gpiochipN or label (edgekit.runtime.gpiochip)
     line: int = Field(0, ge=0)
     edge: Literal["rising", "falling"] = "rising"
+    event_buffer_size: int | None = Field(None, ge=1, le=65536)  # kernel edge FIFO (None: 16)
     debounce_us: int = Field(0, ge=0, le=100000)
     active_low: bool = False
     period_ms: float = Field(100.0, gt=0)  # sim only

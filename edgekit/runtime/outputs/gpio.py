@@ -38,7 +38,7 @@ class GpioLines(StrictModel):
 class GpiodOutputConfig(StrictModel):
     type: Literal["gpiod"] = "gpiod"
     name: str = "gpio"
-    chip: str = "/dev/gpiochip0"
+    chip: str = "/dev/gpiochip0"  # path, gpiochipN or label (tegra234-gpio): edgekit.runtime.gpiochip
     lines: GpioLines
     active_low: bool = False
     consumer: str = "edgekit"
@@ -266,10 +266,13 @@ class GpiodOutput(_GpioOutputBase):
             from gpiod.line import Direction, Value
         except ImportError:
             raise DeviceError("the gpiod output needs libgpiod v2 bindings: pip install 'gpiod>=2.1'") from None
+        from edgekit.runtime.gpiochip import resolve_chip
+
+        path = resolve_chip(self.cfg.chip, who=f"outputs.{self.name}").path  # path, gpiochipN or label
         self._Value = Value
         settings = gpiod.LineSettings(direction=Direction.OUTPUT, output_value=Value.INACTIVE,
                                       active_low=self.cfg.active_low)
-        return gpiod.request_lines(self.cfg.chip, consumer=self.cfg.consumer,
+        return gpiod.request_lines(path, consumer=self.cfg.consumer,
                                    config={tuple(self._offsets.values()): settings})
 
     def _value(self, active: bool) -> Any:
