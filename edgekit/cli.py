@@ -28,7 +28,8 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except EdgekitError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            if not getattr(exc, "quiet", False):  # quiet: another DDP rank prints this failure's line
+                click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -107,13 +108,16 @@ def data_preview_synthesis(data_dir: str, out_path: str, seed: int, n_images: in
 @click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Backbone weight file (offline).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR's checkpoint.")
+@click.option("--dist-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Under torchrun: seconds a collective waits for the other ranks before the job ends.")
 @_handle_errors
 def train(recipe: str, data_dirs: tuple[str, ...], run_dir: str, epochs: int | None, device: str, seed: int | None,
-          weights: str | None, resume: bool) -> None:
-    """Train RECIPE on the good images of a dataset."""
+          weights: str | None, resume: bool, dist_timeout: float) -> None:
+    """Train RECIPE on the good images of a dataset (under torchrun: one process per GPU, DDP)."""
     from edgekit.train import train_run
 
-    train_run(recipe, list(data_dirs), run_dir, epochs=epochs, device=device, seed=seed, weights=weights, resume=resume)
+    train_run(recipe, list(data_dirs), run_dir, epochs=epochs, device=device, seed=seed, weights=weights, resume=resume,
+              dist_timeout_s=dist_timeout)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -4,7 +4,7 @@ smoothing → image score = max of the map. Used by rd, rrd and mrkd (export-fri
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -142,13 +142,17 @@ class DistillationScorer(nn.Module):
             setattr(self, f"pos_scale{i}", torch.zeros(0, device=self.layer_shift.device))
 
     @torch.no_grad()
-    def fit(self, layer_map_batches: Iterable[list[torch.Tensor]], mode: str = "position") -> dict[str, object]:
+    def fit(self, layer_map_batches: Iterable[list[torch.Tensor]], mode: str = "position",
+            reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, object]:
         """Fit the normalisation on good images.
 
         Args:
             layer_map_batches: per batch, the list of (N, 1, h_l, w_l) 1 − cos maps of each layer.
             mode: "position" or "layer" (see the class docstring); "none" resets to the plain sum
                 without reading any batch.
+            reduce: for a DDP run, where each rank reads its share of the images: the sum of a
+                float64 tensor over the ranks (``Dist.all_reduce``). Applied to the per-position
+                sums and the image count, so every rank fits the statistics of all the images.
         Returns:
             facts for the run: mode, per-layer mean, std and pixel count.
         """
@@ -172,6 +176,12 @@ class DistillationScorer(nn.Module):
                 s1[i] = a if s1[i] is None else s1[i] + a
                 s2[i] = b if s2[i] is None else s2[i] + b
             n_img += int(maps[0].shape[0])
+        if reduce is not None:
+            if any(a is None for a in s1):
+                raise ValueError("every rank needs at least one image to fit the score statistics")
+            n_img = int(reduce(torch.tensor([float(n_img)], dtype=torch.float64)).item())
+            s1 = [reduce(a) for a in s1]  # type: ignore[arg-type]
+            s2 = [reduce(b) for b in s2]  # type: ignore[arg-type]
         if n_img == 0:
             return {"layer_norm": "not fitted: no images"}
         facts: dict[str, list] = {"mean": [], "std": [], "pixels": []}
@@ -237,8 +247,10 @@ class DistillationModel(AnomalyModel):
         raise NotImplementedError
 
     @torch.no_grad()
-    def fit_score_normalisation(self, images: Iterable[torch.Tensor], mode: str = "position") -> dict[str, Any]:
-        return self.scorer.fit((self.layer_maps(x) for x in images), mode)  # lazy: "none" runs no batch
+    def fit_score_normalisation(self, images: Iterable[torch.Tensor], mode: str = "position",
+                                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+        """``reduce``: see ``DistillationScorer.fit`` (DDP: sums over the ranks)."""
+        return self.scorer.fit((self.layer_maps(x) for x in images), mode, reduce)  # lazy: "none" runs no batch
 
     def forward(self, x: torch.Tensor) -> AnomalyOutput:
         amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
