@@ -10,8 +10,13 @@ import pytest
 
 from edgekit.errors import DeviceError
 from edgekit.runtime import gpiochip
-from edgekit.runtime.encoder import (GpiodEncoder, GpiodEncoderConfig, QuadratureDecoder, SimEncoder,
-                                     SimEncoderConfig)
+from edgekit.runtime.encoder import (
+    GpiodEncoder,
+    GpiodEncoderConfig,
+    QuadratureDecoder,
+    SimEncoder,
+    SimEncoderConfig,
+)
 
 A, B = 5, 6
 US = 1_000
