@@ -7,7 +7,9 @@ active-low setting, so the inversion is done here: ``active`` always means "reje
 
 from __future__ import annotations
 
+import logging
 import threading
+import warnings
 from typing import Any, Literal
 
 from pydantic import Field
@@ -15,6 +17,8 @@ from pydantic import Field
 from edgekit.config.base import StrictModel
 from edgekit.errors import DeviceError
 from edgekit.runtime.outputs.base import OUTPUTS, Output
+
+log = logging.getLogger("edgekit.outputs")
 
 
 class JetsonPins(StrictModel):
@@ -45,6 +49,7 @@ class JetsonGpioOutput(Output):
         self._pins = {r: p for r, p in cfg.pins.model_dump().items() if p is not None}
         self._gpio: Any = None
         self._lock = threading.Lock()
+        self.warnings: list[str] = []  # Jetson.GPIO's setup() warnings (pinmux), also logged
 
     def roles(self) -> set[str]:
         return set(self._pins)
@@ -58,17 +63,25 @@ class JetsonGpioOutput(Output):
             import Jetson.GPIO as GPIO  # noqa: N814 (the package's documented alias)
         except ImportError:
             raise DeviceError("the jetson_gpio output needs Jetson.GPIO (pip install Jetson.GPIO; JetPack ships it)") from None
-        except RuntimeError as exc:  # raised on non-Jetson boards
-            raise DeviceError(f"Jetson.GPIO cannot run here ({exc}); use the gpiod output instead") from None
+        except Exception as exc:  # noqa: BLE001 (it decides the board at import: a bare Exception on an unknown one)
+            raise DeviceError(f"outputs.{self.name}: Jetson.GPIO cannot run on this board ({exc}); "
+                              "use the gpiod output (chip tegra234-gpio, docs/deploy-jetson.md)") from None
         self._gpio = GPIO
-        GPIO.setwarnings(False)
-        GPIO.setmode(GPIO.BOARD if self.cfg.mode == "BOARD" else GPIO.BCM)
+        # warnings stay on: setup() warns when a pin is not muxed as GPIO (then it never moves)
+        GPIO.setwarnings(True)
         try:
-            for pin in self._pins.values():
-                GPIO.setup(pin, GPIO.OUT, initial=self._level(False))
+            GPIO.setmode(GPIO.BOARD if self.cfg.mode == "BOARD" else GPIO.BCM)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for pin in self._pins.values():
+                    GPIO.setup(pin, GPIO.OUT, initial=self._level(False))
         except (ValueError, RuntimeError) as exc:
             raise DeviceError(f"outputs.{self.name}: cannot set up pins {sorted(self._pins.values())} ({exc}); "
                               "check the pin numbers for the selected mode") from None
+        self.warnings = [str(w.message).strip() for w in caught]
+        for w in self.warnings:
+            log.warning("outputs.%s: Jetson.GPIO: %s (configure the pin as GPIO with jetson-io or the pinmux "
+                        "dtsi, or the line will not move)", self.name, w.splitlines()[0])
 
     def set_line(self, role: str, active: bool) -> None:
         pin = self._pins.get(role)
