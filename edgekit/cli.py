@@ -98,6 +98,10 @@ def data_preview_synthesis(data_dir: str, out_path: str, seed: int, n_images: in
 
 
 # ----------------------------------------------------------------------------- train
+_SET = click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
+                    help="Override any field (repeatable), validated like the YAML: --set train.epochs=5.")
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--data", "data_dirs", required=True, multiple=True, type=click.Path(file_okay=False),
@@ -110,13 +114,17 @@ def data_preview_synthesis(data_dir: str, out_path: str, seed: int, n_images: in
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from RUN_DIR's checkpoint.")
 @click.option("--dist-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Under torchrun: seconds a collective waits for the other ranks before the job ends.")
+@_SET
 @_handle_errors
 def train(recipe: str, data_dirs: tuple[str, ...], run_dir: str, epochs: int | None, device: str, seed: int | None,
-          weights: str | None, resume: bool, dist_timeout: float) -> None:
-    """Train RECIPE on the good images of a dataset (under torchrun: one process per GPU, DDP)."""
+          weights: str | None, resume: bool, dist_timeout: float, sets: tuple[str, ...]) -> None:
+    """Train RECIPE (a shipped recipe's name, see `edgekit recipes`, or a recipe file) on the good
+    images of a dataset (under torchrun: one process per GPU, DDP)."""
+    from edgekit.config.catalog import load_recipe_with_sets, parse_sets
     from edgekit.train import train_run
 
-    train_run(recipe, list(data_dirs), run_dir, epochs=epochs, device=device, seed=seed, weights=weights, resume=resume,
+    spec = load_recipe_with_sets(recipe, parse_sets(sets))
+    train_run(spec, list(data_dirs), run_dir, epochs=epochs, device=device, seed=seed, weights=weights, resume=resume,
               dist_timeout_s=dist_timeout)
 
 
@@ -281,30 +289,85 @@ def rescore(run_dir: str, layer_norm: str | None, device: str) -> None:
     rescore_run(run_dir, layer_norm=layer_norm, device=device)
 
 
+# ----------------------------------------------------------------------------- recipes
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.pass_context
+@_handle_errors
+def recipes(ctx: click.Context, as_json: bool) -> None:
+    """The recipes shipped with edgekit: method, backbone, input, epochs and measured figures."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from edgekit.config.catalog import deploy_names, format_recipe_table, measured, recipe_table
+
+    rows = recipe_table()
+    if as_json:
+        click.echo(json.dumps({"recipes": rows, "deploy": deploy_names(), "measured_source": measured().get("source")},
+                              indent=2))
+    else:
+        click.echo(format_recipe_table(rows, measured()))
+
+
+@recipes.command("show")
+@click.argument("name")
+@_handle_errors
+def recipes_show(name: str) -> None:
+    """Print a shipped recipe or deploy example with its comments: edgekit recipes show NAME > my.yaml"""
+    from edgekit.config.catalog import deploy_names, shipped_path, training_names
+    from edgekit.errors import ConfigError
+
+    p = shipped_path(name)
+    if p is None:
+        raise ConfigError(f"recipe {name!r}: not shipped; recipes: {', '.join(training_names())}; "
+                          f"deploy examples: {', '.join(deploy_names())}")
+    click.echo(p.read_text(encoding="utf-8"), nl=False)
+
+
+@main.command("init-config")
+@click.option("--camera", type=click.Choice(["usb", "csi", "gstreamer", "folder", "video"]), default="usb",
+              show_default=True)
+@click.option("--output", "outputs", multiple=True, default=("gpiod",), show_default=True,
+              help="gpiod, jetson_gpio, modbus, modbus_server, opcua, mqtt or fake_gpio; repeat for several.")
+@click.option("--bundle", default="/var/lib/edgekit/bundles/current", show_default=True, help="Bundle directory.")
+@click.option("--ui/--no-ui", default=True, show_default=True, help="Enable the operator page (loopback).")
+@_handle_errors
+def init_config_cmd(camera: str, outputs: tuple[str, ...], bundle: str, ui: bool) -> None:
+    """Write a commented deploy config to stdout: edgekit init-config --camera usb --output modbus_server > station.yaml"""
+    from edgekit.config.catalog import init_config
+
+    click.echo(init_config(camera, list(outputs), bundle=bundle, ui=ui), nl=False)
+
+
 # ----------------------------------------------------------------------------- run
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--check", is_flag=True, help="Validate the config and exit.")
+@_SET
 @_handle_errors
-def run(config: str, check: bool) -> None:
+def run(config: str, check: bool, sets: tuple[str, ...]) -> None:
     """Run the inspection daemon described by CONFIG.yaml."""
+    from edgekit.config.catalog import parse_sets
     from edgekit.runtime.daemon import run_cli
 
-    run_cli(config, check=check)
+    run_cli(config, check=check, overrides=parse_sets(sets))
 
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--parts", type=int, default=None, help="Parts to run (default: source.parts in CONFIG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@_SET
 @_handle_errors
-def simulate(config: str, parts: int | None, as_json: bool) -> None:
+def simulate(config: str, parts: int | None, as_json: bool, sets: tuple[str, ...]) -> None:
     """Run the daemon on a simulated conveyor (source type sim) and check every reject."""
     import json
 
+    from edgekit.config.catalog import parse_sets
     from edgekit.sim.run import simulate as simulate_run
 
-    report = simulate_run(config, parts=parts)
+    report = simulate_run(config, parts=parts, overrides=parse_sets(sets))
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:

@@ -919,12 +919,13 @@ def replay(bundle_dir: str | Path, source: str | Path, *, rate_hz: float | None 
     return s
 
 
-def run_cli(config: str | Path, check: bool = False) -> None:
+def run_cli(config: str | Path, check: bool = False, overrides: dict[str, Any] | None = None) -> None:
     """``edgekit run CONFIG.yaml``: validate; with ``check`` print the resolved config and stop;
-    else run until SIGTERM/SIGINT (SIGHUP reloads the bundle)."""
+    else run until SIGTERM/SIGINT (SIGHUP reloads the bundle). ``overrides``: ``--set`` keys
+    (dotted), validated with the file."""
     import json
 
-    cfg = load_run_config(config)
+    cfg = load_run_config(config, overrides)
     if check:
         bundle = load_bundle(cfg.bundle)
         Band.resolve(bundle.thresholds, cfg.decision.accept_edge, cfg.decision.reject_edge)
