@@ -22,6 +22,7 @@ from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig
 from edgekit.runtime.outputs.gpio import FakeGpioOutputConfig, GpiodOutputConfig
 from edgekit.runtime.outputs.jetson import JetsonGpioOutputConfig
 from edgekit.runtime.outputs.modbus import ModbusOutputConfig
+from edgekit.runtime.outputs.modbus_server import ModbusServerOutputConfig
 from edgekit.sim.camera import SimCameraConfig
 from edgekit.sim.faults import FaultyBackendConfig
 from edgekit.ui.config import UiConfig
@@ -33,7 +34,8 @@ SourceConfig = Annotated[
 ]
 BackendConfig = Annotated[OrtBackendConfig | TrtBackendConfig | FaultyBackendConfig, Field(discriminator="type")]
 OutputConfig = Annotated[
-    FakeGpioOutputConfig | GpiodOutputConfig | JetsonGpioOutputConfig | ModbusOutputConfig,
+    FakeGpioOutputConfig | GpiodOutputConfig | JetsonGpioOutputConfig | ModbusOutputConfig
+    | ModbusServerOutputConfig,
     Field(discriminator="type"),
 ]
 EncoderConfig = Annotated[SimEncoderConfig | GpiodEncoderConfig, Field(discriminator="type")]
