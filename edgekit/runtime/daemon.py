@@ -200,6 +200,7 @@ class Daemon:
         self._swap_lock = threading.Lock()
         self._enabled = True  # Daemon.control enable/disable: disabled = rejects logged, not pulsed
         self._suppressed: Counter[str] = Counter()  # pulses not fired while disabled, by role
+        self._output_stats: dict[str, dict[str, float]] = {}  # each output's last ("stats", ...) report
 
     # ------------------------------------------------------------------ construction
     def _make_camera(self) -> Camera:
@@ -363,6 +364,8 @@ class Daemon:
             self.encoder.update(msg[1], msg[2])
         elif kind == "control":  # ResetFault / Enable / Disable / TRIGGER from a PLC or OPC UA client
             self.control(msg[1], msg[2])
+        elif kind == "stats":
+            self._on_output_stats(msg[1], msg[2])
         elif kind == "error":
             self.metrics.output_errors.labels(msg[1]).inc()
             with self._lock:
@@ -374,6 +377,20 @@ class Daemon:
             emit(self.log, logging.ERROR, "line_process_died")
             self._stop_capture.set()
             self._source_done.set()
+
+    def _on_output_stats(self, name: str, stats: dict[str, float]) -> None:
+        """An output's own figures: ``*_total`` → counter ``edgekit_output_events`` (by the increase
+        since the last report), the rest → gauge ``edgekit_output_value``."""
+        with self._lock:
+            last = self._output_stats.get(name, {})
+            self._output_stats[name] = dict(stats)
+        for k, v in stats.items():
+            if k.endswith("_total"):
+                inc = v - last.get(k, 0)
+                if inc > 0:
+                    self.metrics.output_events.labels(name, k[:-6]).inc(inc)
+            else:
+                self.metrics.output_value.labels(name, k).set(v)
 
     def _timer_check(self, info: dict[str, Any]) -> None:
         """Publish the line process's startup wake-up jitter; warn (with the fix) when its p99
@@ -852,6 +869,7 @@ class Daemon:
                 "rejects_fired": self._pulses.get("reject", 0),
                 "reviews_fired": self._pulses.get("review", 0),
                 "pulses_suppressed_disabled": dict(self._suppressed),
+                "output_stats": {k: dict(v) for k, v in self._output_stats.items()},
                 "enabled": self._enabled,
                 "late_pulses": sum(self._late_by_cause.values()),
                 "encoder_faults": self._encoder_faults,

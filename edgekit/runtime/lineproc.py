@@ -13,7 +13,8 @@ Messages parent → line process: ("pulse", RejectCommand), ("publish", dict), (
 ("reset_fault",), ("enabled", bool), ("soft_trigger", source), ("stop", drain_timeout_s). Line process → parent: ("ready", notes, info),
 ("open_error", message), ("fired", part_id, role, t_ns, count, late, merged, late_command, target_ns,
 late_cause), ("error", output,
-message), ("control", action, source) (a PLC / OPC UA client asked for reset_fault, enable, disable or a
+message), ("stats", output, {name: value}) (an output's own figures, once a second; names ending
+in ``_total`` are counters), ("control", action, source) (a PLC / OPC UA client asked for reset_fault, enable, disable or a
 trigger the line process cannot take itself: ``Daemon.control``), ("trigger", seq, t_ns, latched_count), ("count", t_ns, count),
 ("encoder_fault", t_ns, lost_events, message, [part ids rejected for it]), ("edges", {chip:
 [EdgeRecord...]}), ("closed", stats) — all but the first two batched as ("batch", [...]).
@@ -185,6 +186,7 @@ class _LineLoop:
                                       "late_by_cause": dict.fromkeys(_LATE_CAUSES, 0)}
         self.enc_ready = enc is not None and spec["encoder"]["type"] != "sim"
         self.next_gc_ns = 0
+        self.next_stats_ns = 0
         self.late_cmds: set[int] = set()
         self.stream_count = self.enc_ready  # a real encoder: stream its count to the daemon
         self.next_count_ns = 0
@@ -368,7 +370,14 @@ class _LineLoop:
             self.trig_seq_k = ev.line_seqno
             self._emit_trigger(ev.timestamp_ns)  # kernel CLOCK_MONOTONIC timestamp of the edge
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
+        now = self.clock.now_ns()
+        if final or now >= self.next_stats_ns:  # outputs' own figures (outbox, FIFO) once a second
+            self.next_stats_ns = now + 1_000_000_000
+            for o in self.outputs:
+                st = getattr(o, "stats", None)
+                if st is not None:
+                    self.out_msgs.append(("stats", o.name, st()))
         for o in self.outputs:
             for err in o.pop_errors():
                 self.stats["errors"] += 1
@@ -468,7 +477,7 @@ class _LineLoop:
             self.enc.close()
         if self.trig_req is not None:
             self.trig_req.release()
-        self.flush()
+        self.flush(final=True)
         if not parent_gone:
             try:
                 conn.send(("edges", chips))

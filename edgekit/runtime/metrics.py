@@ -49,6 +49,11 @@ class Metrics:
         self.archive_skipped = Counter("edgekit_archive_skipped", "Archive images skipped (queue full)", registry=r)
         self.bundle_swaps = Counter("edgekit_bundle_swaps", "Bundle reloads", ["result"], registry=r)
         self.healthy = Gauge("edgekit_healthy", "1 while the pipeline makes progress", registry=r)
+        # figures an output keeps itself (MQTT outbox, Modbus server FIFO, OPC UA sessions)
+        self.output_events = Counter("edgekit_output_events", "Per-output event counts (MQTT results sent / "
+                                     "dropped, Modbus server overruns, ...)", ["output", "event"], registry=r)
+        self.output_value = Gauge("edgekit_output_value", "Per-output levels (MQTT outbox queued, Modbus server "
+                                  "FIFO depth, ...)", ["output", "stat"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

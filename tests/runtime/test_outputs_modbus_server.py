@@ -329,6 +329,9 @@ def test_simulated_line_results_reach_a_polling_plc_and_controls_reach_the_daemo
     assert [x[3:] for x in plc.results] == [(20 + 10 * k, 170 + 10 * k) for k in range(200)]
     assert sum(x[2] in (2, 4) for x in plc.results) == r["decisions"].get("reject", 0) > 0
     assert sent.is_set()
+    # the output's own figures reach the daemon's metrics (the last report comes at close)
+    assert r["metrics"]["edgekit_output_events_total{event=results_acked,output=plc}"] == 200
+    assert r["metrics"]["edgekit_output_value{output=plc,stat=fifo_queued}"] == 0
     con = sqlite3.connect(r["log_path"])
     notes = [m for (m,) in con.execute("SELECT message FROM notes WHERE kind = 'control' ORDER BY rowid")]
     con.close()
