@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
 import uuid
@@ -302,7 +303,7 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
                 "precisions": ["fp16", *(["int8"] if "int8" in keys else [])]}
         if trt is not None or (_on_jetson() and _tensorrt_importable()):
             write_manifest(tmp, manifest)
-            manifest = build_engines_in(tmp, step["precisions"], trt=trt, cudart=cudart, quiet=quiet)
+            manifest = build_engines_in(tmp, step["precisions"], trt=trt, cudart=cudart, quiet=quiet, staged=False)
         else:
             build["steps_pending"].append(step)
             if not quiet:
@@ -313,8 +314,13 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
 
 
 def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = None, trt: Any = None,
-                     cudart: Any = None, batch_max: int = 8, workspace_mib: int = 1024, quiet: bool = False) -> dict[str, Any]:
+                     cudart: Any = None, batch_max: int = 8, workspace_mib: int = 1024, quiet: bool = False,
+                     staged: bool = True) -> dict[str, Any]:
     """Build TensorRT engines inside an existing bundle and rewrite its manifest (re-hashed).
+
+    ``staged``: build in a copy next to the bundle and swap it in only when engines, timing cache
+    and manifest are all written, so a failed or interrupted build never leaves a half-updated
+    bundle (the swap is two renames; ``BUNDLE.old`` is removed after).
 
     Args:
         precisions: engine precisions (fp32/fp16/int8); default: the pending ``build-on-device``
@@ -324,6 +330,23 @@ def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = 
     from edgekit.compile.trt_build import TIMING_CACHE, EngineSpec, build_engine, device_info, import_tensorrt
 
     trt = trt or import_tensorrt()
+    if staged:
+
+        final = Path(bundle_dir).resolve()
+        load_bundle(final)  # refuse a broken bundle before copying it
+        work = final.with_name(f".{final.name}.building-{os.getpid()}")
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(final, work, symlinks=True)
+        try:
+            build_engines_in(work, precisions, trt, cudart, batch_max, workspace_mib, quiet, staged=False)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return load_bundle(final).manifest
     bundle = load_bundle(bundle_dir)
     manifest = json.loads(json.dumps(bundle.manifest))  # deep copy
     pending = [s for s in manifest["build"].get("steps_pending", []) if s.get("step") == "build-on-device"]

@@ -12,12 +12,16 @@ TensorRT 10 takes the scales from the Q/DQ nodes, no calibrator)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import BundleError, DeviceError
+
+log = logging.getLogger("edgekit.compile")
 
 INPUT_NAME = "image"
 TIMING_CACHE = "timing.cache"
@@ -65,23 +69,68 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+# cuda-python 13 (cuda-bindings 13) needs a CUDA 13 driver (>= 580); JetPack 6.x has CUDA 12.6
+CUDA_PYTHON_PIN = "cuda-python>=12,<13"
+CUDA_PYTHON_HINT = (f"pip install '{CUDA_PYTHON_PIN}' (JetPack 6 has CUDA 12: cuda-python 13 fails with "
+                    "cudaErrorInsufficientDriver; provision.sh installs the pin)")
+# JetPack 6.0 = TensorRT 8.6, 6.1/6.2 = TensorRT 10.3; 8.5 is the first with the name-based I/O API
+TRT_MIN = (8, 6)
+
+
+def trt_version(trt: Any) -> tuple[int, int]:
+    parts = str(getattr(trt, "__version__", "0.0")).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return 0, 0
+
+
+def check_trt_version(trt: Any) -> str:
+    """One line on this TensorRT: supported (and how), or a DeviceError naming the JetPack to use."""
+    v = trt_version(trt)
+    if v < TRT_MIN:
+        raise DeviceError(f"TensorRT {trt.__version__} is too old (edgekit needs >= 8.6: JetPack 6.0, or 10.x: "
+                          "JetPack 6.1/6.2); upgrade JetPack (sudo apt install nvidia-jetpack on 6.x)")
+    if v[0] < 10:
+        return f"TensorRT {trt.__version__} (JetPack 6.0): supported, networks built with the EXPLICIT_BATCH flag"
+    return f"TensorRT {trt.__version__}: supported"
+
+
+def import_cudart() -> Any:
+    """cuda-python's runtime module (either layout) or a DeviceError with the exact pin."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python layout
+        except ImportError:
+            raise DeviceError(f"TensorRT needs cuda-python here: {CUDA_PYTHON_HINT}") from None
+    return cudart
+
+
 def device_info(cudart: Any = None) -> dict[str, Any]:
     """GPU name and compute capability of CUDA device 0 via cuda-python (cudaGetDeviceProperties).
 
     Returns {"gpu": str, "compute_capability": "8.7"}; values are None when cuda-python is missing."""
     if cudart is None:
         try:
-            from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
-        except ImportError:
-            try:
-                from cuda import cudart  # older cuda-python layout
-            except ImportError:
-                return {"gpu": None, "compute_capability": None}
+            cudart = import_cudart()
+        except DeviceError:
+            return {"gpu": None, "compute_capability": None}
     err, prop = cudart.cudaGetDeviceProperties(0)
     if int(err) != 0:
         raise DeviceError(f"cudaGetDeviceProperties failed ({err}); is the GPU visible (nvidia-smi / tegrastats)?")
     name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
     return {"gpu": name, "compute_capability": f"{prop.major}.{prop.minor}"}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _parse(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
@@ -130,7 +179,13 @@ def build_engine(spec: EngineSpec, trt: Any = None) -> dict[str, Any]:
         raise BundleError(f"batch profile {spec.batch_min}/{spec.batch_opt}/{spec.batch_max} must satisfy 1 <= min <= opt <= max")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    check_trt_version(trt)
+    # TensorRT 10: explicit batch is the only mode (flag 0). 8.6: 0 means implicit batch, which the
+    # ONNX parser refuses, so the EXPLICIT_BATCH bit must be set
+    net_flags = 0
+    if trt_version(trt)[0] < 10:
+        net_flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(net_flags)
     _parse(trt, network, logger, spec.onnx_path)
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     if INPUT_NAME not in names:
@@ -153,8 +208,15 @@ def build_engine(spec: EngineSpec, trt: Any = None) -> dict[str, Any]:
     if spec.timing_cache_path is not None and spec.timing_cache_path.is_file():
         cache_blob = spec.timing_cache_path.read_bytes()
     cache = config.create_timing_cache(cache_blob)
-    # ignore_mismatch=False: a cache from another GPU/TensorRT is rejected rather than misused
-    config.set_timing_cache(cache, False)
+    # ignore_mismatch=False: a cache from another GPU/TensorRT is refused (returns False) rather
+    # than misused; then build without it, from an empty cache
+    cache_note = "new" if not cache_blob else "reused"
+    if not config.set_timing_cache(cache, False):
+        log.warning("timing cache %s is from another device or TensorRT version: building without it",
+                    spec.timing_cache_path)
+        cache_note = "stale, rebuilt"
+        if not config.set_timing_cache(config.create_timing_cache(b""), False):
+            cache_note = "unavailable"
 
     s = spec.input_size
     profile = builder.create_optimization_profile()
@@ -165,10 +227,16 @@ def build_engine(spec: EngineSpec, trt: Any = None) -> dict[str, Any]:
     if serialized is None:
         raise BundleError(f"{spec.onnx_path}: TensorRT failed to build a {spec.precision} engine (see the TensorRT log "
                           "above); try a smaller --workspace-mib or another precision")
-    spec.engine_path.write_bytes(bytes(serialized))
+    _write_atomic(spec.engine_path, bytes(serialized))
     if spec.timing_cache_path is not None:
-        spec.timing_cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        tc = config.get_timing_cache()
+        if tc is None:  # no cache attached (refused twice): keep the old file untouched
+            log.warning("TensorRT returned no timing cache; %s not updated", spec.timing_cache_path)
+            cache_note = "unavailable"
+        else:
+            _write_atomic(spec.timing_cache_path, bytes(tc.serialize()))
     return {
+        "timing_cache": cache_note, "network_flags": net_flags,
         "tensorrt_version": str(trt.__version__), "precision": spec.precision, "builder_flags": flags,
         "workspace_mib": spec.workspace_mib, "profile": {"input": INPUT_NAME, "batch": [spec.batch_min, spec.batch_opt, spec.batch_max]},
         "source": spec.onnx_path.name, "machine": platform.machine(), "fp32_layers_pinned": pinned,

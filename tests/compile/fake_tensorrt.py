@@ -88,12 +88,17 @@ class _HostMemory(bytes):
 
 
 class _TimingCache:
+    """Blob = JSON {"device": ..., "entries": [...]}; a blob from another device is refused by
+    ``set_timing_cache(cache, ignore_mismatch=False)`` (returns False), as TensorRT does."""
+
     def __init__(self, rec: FakeTensorRT, blob: bytes) -> None:
         self.rec = rec
-        self.entries = json.loads(blob.decode()) if blob else []
+        data = json.loads(blob.decode()) if blob else {"device": rec.device, "entries": []}
+        self.device = data["device"]
+        self.entries = data["entries"]
 
     def serialize(self) -> _HostMemory:
-        return _HostMemory(json.dumps(self.entries).encode())
+        return _HostMemory(json.dumps({"device": self.device, "entries": self.entries}).encode())
 
 
 class _Profile:
@@ -128,12 +133,13 @@ class _Config:
 
     def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
         self.rec.calls.append(("config.set_timing_cache", ignore_mismatch))
+        if self.rec.refuse_all_caches or (cache.device != self.rec.device and not ignore_mismatch):
+            return False  # not attached: get_timing_cache() stays None
         self.cache = cache
         return True
 
-    def get_timing_cache(self) -> _TimingCache:
-        assert self.cache is not None, "get_timing_cache before set_timing_cache"
-        return self.cache
+    def get_timing_cache(self) -> _TimingCache | None:
+        return self.cache  # None when no cache was accepted
 
     def add_optimization_profile(self, profile: _Profile) -> int:
         self.rec.calls.append(("config.add_optimization_profile", dict(profile.shapes)))
@@ -150,6 +156,10 @@ class _OnnxParser:
         import onnx
 
         FakeTensorRT.current.calls.append(("parser.parse_from_file", path))
+        if getattr(self.network, "implicit_batch", False):
+            self.errors.append(_ParserError("Network must be created with the EXPLICIT_BATCH flag: the ONNX "
+                                            "parser only supports explicit batch networks"))
+            return False
         try:
             model = onnx.load(path)
         except Exception as exc:
@@ -176,7 +186,10 @@ class _Builder:
 
     def create_network(self, flags: int = 0) -> _Network:
         self.rec.calls.append(("builder.create_network", flags))
-        return _Network()
+        net = _Network()
+        # TensorRT 8.x: flags 0 is an implicit-batch network, which the ONNX parser refuses
+        net.implicit_batch = int(self.rec.__version__.split(".")[0]) < 10 and not flags & 1
+        return net
 
     def create_builder_config(self) -> _Config:
         self.rec.config = _Config(self.rec)
@@ -189,8 +202,8 @@ class _Builder:
         self.rec.calls.append(("builder.build_serialized_network", list(config.flags)))
         if self.rec.fail_build:
             return None
-        assert config.cache is not None
-        config.cache.entries.append({"flags": config.flags, "n": len(config.cache.entries)})
+        if config.cache is not None:
+            config.cache.entries.append({"flags": config.flags, "n": len(config.cache.entries)})
         pinned = [la.name for la in network.layers if la.precision is _FLOAT32 and la.output_types]
         plan = {"fake_engine": True, "fp32_layers": pinned, "trt": self.rec.__version__, "flags": config.flags,
                 "inputs": [t.name for t in network.inputs], "profiles": [
@@ -212,9 +225,12 @@ class FakeTensorRT:
 
     current: FakeTensorRT
 
-    def __init__(self, version: str = "10.3.0", fail_build: bool = False) -> None:
+    def __init__(self, version: str = "10.3.0", fail_build: bool = False, device: str = "Orin",
+                 refuse_all_caches: bool = False) -> None:
         self.__version__ = version
         self.fail_build = fail_build
+        self.device = device  # timing caches are tied to it
+        self.refuse_all_caches = refuse_all_caches
         self.calls: list[tuple[Any, ...]] = []
         self.config: _Config | None = None
         FakeTensorRT.current = self
@@ -225,6 +241,7 @@ class FakeTensorRT:
         self.BuilderFlag = type("BuilderFlag", (), {n: _Enum(n) for n in (
             "FP16", "INT8", "TF32", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS")})
         self.float32, self.float16, self.int64 = _FLOAT32, _FLOAT16, _INT64
+        self.NetworkDefinitionCreationFlag = type("NetworkDefinitionCreationFlag", (), {"EXPLICIT_BATCH": 0})
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from edgekit.bundle.io import load_bundle
 from edgekit.compile.build import build_engines_in
 from edgekit.compile.trt_build import EngineSpec, build_engine, device_info
-from edgekit.errors import BundleError
+from edgekit.errors import BundleError, DeviceError
 
 from .fake_tensorrt import FakeCudart, FakeTensorRT
 
@@ -50,7 +50,35 @@ def test_int8_engine_uses_qdq_model_and_reuses_timing_cache(tiny_multi_bundle: P
     assert ("config.create_timing_cache", size_before) in trt.calls  # previous cache loaded
     assert [c for c in trt.calls if c[0] == "config.set_flag"] == [("config.set_flag", "INT8")]
     assert any(c[0] == "parser.parse_from_file" and c[1].endswith("model.int8.onnx") for c in trt.calls)
-    assert len(json.loads((tmp_path / "timing.cache").read_bytes())) == 2
+    assert len(json.loads((tmp_path / "timing.cache").read_bytes())["entries"]) == 2
+
+
+def test_tensorrt_8_6_network_gets_the_explicit_batch_flag(tiny_bundle: Path, tmp_path: Path) -> None:
+    """JetPack 6.0 ships TensorRT 8.6: create_network(0) is implicit batch there and the ONNX
+    parser refuses it; the builder sets the EXPLICIT_BATCH bit below 10 only."""
+    trt = FakeTensorRT(version="8.6.2")
+    info = build_engine(_spec(tiny_bundle, tmp_path), trt)
+    assert ("builder.create_network", 1) in trt.calls and info["network_flags"] == 1
+    with pytest.raises(DeviceError, match=r"TensorRT 8\.5\.2 is too old.*JetPack"):
+        build_engine(_spec(tiny_bundle, tmp_path), FakeTensorRT(version="8.5.2"))
+
+
+def test_timing_cache_from_another_device_is_rebuilt_not_trusted(tiny_bundle: Path, tmp_path: Path, caplog) -> None:
+    build_engine(_spec(tiny_bundle, tmp_path), FakeTensorRT(device="Orin"))
+    trt = FakeTensorRT(device="Xavier")  # the cache file came with a bundle built elsewhere
+    with caplog.at_level("WARNING", logger="edgekit.compile"):
+        info = build_engine(_spec(tiny_bundle, tmp_path), trt)
+    assert [c for c in trt.calls if c[0] == "config.set_timing_cache"] == [("config.set_timing_cache", False)] * 2
+    assert info["timing_cache"] == "stale, rebuilt" and "another device" in caplog.text
+    assert json.loads((tmp_path / "timing.cache").read_bytes())["device"] == "Xavier"
+
+
+def test_no_timing_cache_from_tensorrt_leaves_the_old_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    build_engine(_spec(tiny_bundle, tmp_path), FakeTensorRT())
+    before = (tmp_path / "timing.cache").read_bytes()
+    info = build_engine(_spec(tiny_bundle, tmp_path), FakeTensorRT(refuse_all_caches=True))
+    assert info["timing_cache"] == "unavailable" and (tmp_path / "timing.cache").read_bytes() == before
+    assert (tmp_path / "fp16.engine").is_file() and not list(tmp_path.glob(".*.tmp-*"))
 
 
 def test_parse_error_and_failed_build_are_refused(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -126,3 +154,13 @@ def test_real_tensorrt_engine(tiny_bundle: Path, tmp_path: Path) -> None:
     engine = runtime.deserialize_cuda_engine(tmp_path.joinpath("fp16.engine").read_bytes())
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     assert set(names) == {"image", "anomaly_map", "score"}
+
+
+def test_failed_engine_build_leaves_the_bundle_as_it_was(tiny_multi_bundle: Path) -> None:
+    """--engine-only builds in a staged copy: a failure (here the int8 engine) leaves the bundle,
+    its manifest and its files byte for byte as they were, and no staging folder behind."""
+    before = {p.name: p.read_bytes() for p in tiny_multi_bundle.iterdir() if p.is_file()}
+    with pytest.raises(BundleError, match="failed to build"):
+        build_engines_in(tiny_multi_bundle, ["fp16", "int8"], trt=FakeTensorRT(fail_build=True), cudart=FakeCudart())
+    assert {p.name: p.read_bytes() for p in tiny_multi_bundle.iterdir() if p.is_file()} == before
+    assert [p.name for p in tiny_multi_bundle.parent.iterdir() if p.name.startswith(".")] == []

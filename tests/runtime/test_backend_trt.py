@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgekit.bundle.io import load_bundle, write_manifest
-from edgekit.errors import BundleError
+from edgekit.errors import BundleError, DeviceError
 from edgekit.runtime.backends.trt import TrtBackend, TrtBackendConfig
 from edgekit.runtime.types import Batch, Frame
 
@@ -53,7 +53,11 @@ class _FakeCudart:
         return (0,)
 
 
-def _fake_trt(cudart: _FakeCudart, size: int, version: str = "10.3.0"):
+def _fake_trt(cudart: _FakeCudart, size: int, version: str = "10.3.0", max_batch: int = 2,
+              tensors: tuple[str, ...] = ("image", "anomaly_map", "score")):
+    """TensorRT runtime surface: ``set_input_shape`` returns False outside the profile (as the
+    real IExecutionContext does), the engine's I/O tensor names are configurable."""
+
     class Context:
         def __init__(self):
             self.addr, self.shape = {}, None
@@ -62,7 +66,10 @@ def _fake_trt(cudart: _FakeCudart, size: int, version: str = "10.3.0"):
             self.addr[name] = ptr
 
         def set_input_shape(self, name, shape):
+            if not 1 <= shape[0] <= max_batch:
+                return False
             self.shape = shape
+            return True
 
         def execute_async_v3(self, stream):
             n = self.shape[0]
@@ -73,10 +80,10 @@ def _fake_trt(cudart: _FakeCudart, size: int, version: str = "10.3.0"):
             return True
 
     class Engine:
-        num_io_tensors = 3
+        num_io_tensors = len(tensors)
 
         def get_tensor_name(self, i):
-            return ["image", "anomaly_map", "score"][i]
+            return tensors[i]
 
         def create_execution_context(self):
             return Context()
@@ -138,3 +145,35 @@ def test_real_tensorrt_importable() -> None:
     from edgekit.compile.trt_build import import_tensorrt
 
     assert import_tensorrt().__version__.startswith("10.")
+
+
+def test_engine_with_other_io_tensors_than_the_manifest_is_refused(trt_bundle) -> None:
+    cud = _FakeCudart()
+    be = TrtBackend(TrtBackendConfig(), trt=_fake_trt(cud, 32, tensors=("input", "output")), cudart=cud)
+    with pytest.raises(BundleError, match=r"has I/O tensors \['input', 'output'\], the manifest \['anomaly_map', "
+                                          r"'image', 'score'\]; rebuild it here: .*--engine-only"):
+        be.load(trt_bundle)
+
+
+def test_refused_input_shape_is_an_error_not_garbage(trt_bundle) -> None:
+    """set_input_shape returns False (shape outside the profile): TensorRT would run with the
+    previous shape; the backend stops with one line instead."""
+    cud = _FakeCudart()
+    be = TrtBackend(TrtBackendConfig(), trt=_fake_trt(cud, 32, max_batch=1), cudart=cud)
+    be.load(trt_bundle)  # the manifest's profile says max 2, this engine takes 1
+    tiles = np.zeros((2, 32, 32, 3), np.uint8)
+    with pytest.raises(DeviceError, match=r"TensorRT refused input shape \(2, 32, 32, 3\)"):
+        be.infer(Batch(Frame(0, "c", 0, tiles[0]), tiles, {}))
+    be.close()
+
+
+def test_old_tensorrt_refused_naming_jetpack_and_missing_cuda_python_names_the_pin(trt_bundle, monkeypatch) -> None:
+    import sys
+
+    cud = _FakeCudart()
+    with pytest.raises(DeviceError, match=r"TensorRT 8\.5\.2 is too old .*JetPack 6\.0.*JetPack 6\.1/6\.2"):
+        TrtBackend(TrtBackendConfig(), trt=_fake_trt(cud, 32, version="8.5.2"), cudart=cud).load(trt_bundle)
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)  # cuda-python not installed
+    with pytest.raises(DeviceError, match=r"pip install 'cuda-python>=12,<13'.*cudaErrorInsufficientDriver"):
+        TrtBackend(TrtBackendConfig(), trt=_fake_trt(cud, 32)).load(trt_bundle)

@@ -1,4 +1,4 @@
-"""TensorRT 10 backend for engines built on the device by ``edgekit build BUNDLE --target jetson
+"""TensorRT backend (10.x; 8.6 on JetPack 6.0) for engines built on the device by ``edgekit build BUNDLE --target jetson
 --engine-only`` (manifest keys ``trt-fp16``, ``trt-int8``, ``trt-fp32``).
 
 API used (TensorRT 10 Python): ``trt.Runtime(logger).deserialize_cuda_engine(bytes)``,
@@ -30,6 +30,13 @@ class TrtBackendConfig(StrictModel):
     check_target: bool = True  # refuse engines built for another GPU / TensorRT version
 
 
+def _tensor_names(spec: Any) -> list[str]:
+    """Tensor names of a manifest's ``inputs``/``outputs`` (a list of {name: ...} or a dict by name)."""
+    if isinstance(spec, dict):
+        return list(spec)
+    return [t["name"] for t in spec or []]
+
+
 def _check(err: Any, what: str) -> None:
     code = err[0] if isinstance(err, tuple) else err
     if int(code) != 0:
@@ -54,19 +61,13 @@ class TrtBackend(Backend):
         self._batch_max = 1
 
     def _modules(self) -> tuple[Any, Any]:
-        if self._trt is None:
-            from edgekit.compile.trt_build import import_tensorrt
+        from edgekit.compile.trt_build import check_trt_version, import_cudart, import_tensorrt
 
+        if self._trt is None:
             self._trt = import_tensorrt()
+        check_trt_version(self._trt)  # 8.6 (JetPack 6.0) and 10.x; older: one line naming JetPack
         if self._cudart is None:
-            try:
-                from cuda.bindings import runtime as cudart
-            except ImportError:
-                try:
-                    from cuda import cudart
-                except ImportError:
-                    raise DeviceError("the tensorrt backend needs cuda-python: pip install cuda-python") from None
-            self._cudart = cudart
+            self._cudart = import_cudart()  # the hint names cuda-python>=12,<13
         return self._trt, self._cudart
 
     def check_target(self, bundle: Bundle, trt: Any, gpu: str | None) -> dict[str, Any]:
@@ -96,8 +97,11 @@ class TrtBackend(Backend):
         if engine is None:
             raise BundleError(f"{bundle.path}: TensorRT could not deserialize {entry['file']}; rebuild it on this device")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        if "image" not in names or "score" not in names:
-            raise BundleError(f"{bundle.path}: engine tensors {names} do not follow the contract (image → score, anomaly_map)")
+        want = [n for k in ("inputs", "outputs") for n in _tensor_names(bundle.manifest.get(k))]
+        want = want or ["image", "anomaly_map", "score"]
+        if sorted(names) != sorted(want):
+            raise BundleError(f"{bundle.path}: engine {entry['file']} has I/O tensors {sorted(names)}, the manifest "
+                              f"{sorted(want)}; rebuild it here: edgekit build {bundle.path} --target jetson --engine-only")
         self._engine = engine
         self._ctx = engine.create_execution_context()
         self._batch_max = int(entry.get("profile", {}).get("batch", [1, 1, 1])[-1])
@@ -120,7 +124,9 @@ class TrtBackend(Backend):
         x = np.ascontiguousarray(tiles)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         _check(cudart.cudaMemcpyAsync(self._buffers["image"], x.ctypes.data, x.nbytes, h2d, self._stream), "copy in")
-        self._ctx.set_input_shape("image", (n, s, s, 3))
+        if not self._ctx.set_input_shape("image", (n, s, s, 3)):  # outside the engine's profile
+            raise DeviceError(f"TensorRT refused input shape {(n, s, s, 3)} (profile batch 1..{self._batch_max}); "
+                              "rebuild the engine: edgekit build BUNDLE --target jetson --engine-only")
         if not self._ctx.execute_async_v3(self._stream):
             raise DeviceError("TensorRT execute_async_v3 failed")
         scores = np.empty((n,), np.float32)
