@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -299,7 +300,10 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
         "export_info": run.model.export_info(),
     }
     if target == "jetson":
-        step = {"step": "build-on-device", "command": f"edgekit build {out} --target jetson --engine-only",
+        # the command runs on the Jetson, where this workstation's path does not exist: it names
+        # the bundle folder relative to wherever it is copied
+        name = shlex.quote(Path(out).name)
+        step = {"step": "build-on-device", "command": f"edgekit build {name} --target jetson --engine-only",
                 "precisions": ["fp16", *(["int8"] if "int8" in keys else [])]}
         if trt is not None or (_on_jetson() and _tensorrt_importable()):
             write_manifest(tmp, manifest)
@@ -307,7 +311,9 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
         else:
             build["steps_pending"].append(step)
             if not quiet:
-                print(f"TensorRT engines must be built on the Jetson: copy the bundle there and run `{step['command']}`")
+                print(f"TensorRT engines must be built on the Jetson: copy the bundle there (e.g. "
+                      f"`scp -r {shlex.quote(str(out))} JETSON:`), then in the folder you copied it to run "
+                      f"`{step['command']}`")
     write_manifest(tmp, manifest)
     load_bundle(tmp)  # read back exactly as the device will
     return manifest
@@ -331,7 +337,6 @@ def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = 
 
     trt = trt or import_tensorrt()
     if staged:
-
         final = Path(bundle_dir).resolve()
         load_bundle(final)  # refuse a broken bundle before copying it
         work = final.with_name(f".{final.name}.building-{os.getpid()}")

@@ -29,7 +29,9 @@ def test_multi_precision_bundle_manifest(tiny_multi_bundle: Path, tiny_run: Path
     assert m["models"]["int8"]["calibration_data"] == cal
     assert m["run"]["path"] == str(tiny_run.resolve())
     step = m["build"]["steps_pending"][0]
-    assert step["step"] == "build-on-device" and "--engine-only" in step["command"]
+    assert step["step"] == "build-on-device"
+    # runs on the Jetson: the bundle's folder name, not this machine's absolute path
+    assert step["command"] == f"edgekit build {tiny_multi_bundle.name} --target jetson --engine-only"
     assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "calibration.json"} == set(m["files"])
 
 
