@@ -248,6 +248,7 @@ class Daemon:
     def start(self) -> None:
         """Load the bundle, open log, outputs, encoder and camera, start the threads."""
         self.pipeline = self.build_pipeline(self.cfg.bundle, self._backend_given)
+        self.metrics.set_bundle(self.pipeline.bundle.bundle_id, self.pipeline.backend.model_id)
         band = self.pipeline.decider.band
         if band.source == "config":
             self.notes.append(f"decision band overridden by config: accept_edge={band.accept_edge} "
@@ -277,6 +278,7 @@ class Daemon:
                 self.line.set_encoder_origin(t0)
         if self.archive is not None:
             self.archive.open()
+            self.metrics.watch_archive(self.archive)
         if self.cfg.metrics.enabled:
             self._metrics_server = MetricsServer(self.metrics, self.health, self.cfg.metrics.host, self.cfg.metrics.port)
             try:
@@ -830,6 +832,7 @@ class Daemon:
             if self.line is not None:
                 self.line.set_band(new.decider.band.accept_edge, new.decider.band.reject_edge)
             self.metrics.bundle_swaps.labels("ok").inc()
+            self.metrics.set_bundle(new.bundle.bundle_id, new.backend.model_id)
             emit(self.log, logging.INFO, "bundle_swapped", bundle=str(path), bundle_id=new.bundle.bundle_id,
                  old_bundle_id=old.bundle.bundle_id if old else None)
             self._events_note("bundle_swapped", f"{path}: {new.bundle.bundle_id}")

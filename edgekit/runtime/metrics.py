@@ -49,11 +49,38 @@ class Metrics:
         self.archive_skipped = Counter("edgekit_archive_skipped", "Archive images skipped (queue full)", registry=r)
         self.bundle_swaps = Counter("edgekit_bundle_swaps", "Bundle reloads", ["result"], registry=r)
         self.healthy = Gauge("edgekit_healthy", "1 while the pipeline makes progress", registry=r)
+        # fleet view (firmware_scripts/monitoring): which bundle a station serves, archive disk use
+        self.bundle_info = Gauge("edgekit_bundle_info", "The bundle being served (always 1; bundle_id and "
+                                 "model_id labels)", ["bundle_id", "model_id"], registry=r)
+        self.archive_bytes = Gauge("edgekit_archive_bytes", "Bytes of images in the reject-frame archive", registry=r)
+        self.archive_quota_bytes = Gauge("edgekit_archive_quota_bytes", "The archive's quota (archive.quota_mb)",
+                                         registry=r)
+        self.archive_disk_free_bytes = Gauge("edgekit_archive_disk_free_bytes", "Free bytes on the file system "
+                                             "that holds the archive", registry=r)
         # figures an output keeps itself (MQTT outbox, Modbus server FIFO, OPC UA sessions)
         self.output_events = Counter("edgekit_output_events", "Per-output event counts (MQTT results sent / "
                                      "dropped, Modbus server overruns, ...)", ["output", "event"], registry=r)
         self.output_value = Gauge("edgekit_output_value", "Per-output levels (MQTT outbox queued, Modbus server "
                                   "FIFO depth, ...)", ["output", "stat"], registry=r)
+
+    def set_bundle(self, bundle_id: str, model_id: str) -> None:
+        """``edgekit_bundle_info`` names the bundle now served (one series; a swap replaces it)."""
+        self.bundle_info.clear()
+        self.bundle_info.labels(bundle_id, model_id).set(1)
+
+    def watch_archive(self, archive: Any) -> None:
+        """Archive bytes and the free space of its file system, read at each scrape."""
+        import shutil
+
+        def free() -> float:
+            try:
+                return float(shutil.disk_usage(archive.dir).free)
+            except OSError:  # the archive folder vanished: say so without failing the scrape
+                return float("nan")
+
+        self.archive_quota_bytes.set(archive.quota_bytes)
+        self.archive_bytes.set_function(lambda: float(archive.used_bytes))
+        self.archive_disk_free_bytes.set_function(free)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
