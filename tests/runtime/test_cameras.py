@@ -88,3 +88,86 @@ def test_hardware_trigger_mode_latches_encoder_count(intensity_bundle, tmp_path)
     steps = {b - a for a, b in zip(counts, counts[1:])}
     assert steps <= {20, 21, 19}, steps
     assert all(r["failsafe"] in (None, "missing_frame") for r in rows)
+
+
+class RecordingCapture:
+    """cv2.VideoCapture's surface (isOpened/set/get/read/release/getBackendName), recording set()."""
+
+    instances: list[RecordingCapture] = []
+
+    def __init__(self, src, api=None, params=None) -> None:
+        self.src, self.api, self.params, self.sets = src, api, params, []
+        RecordingCapture.instances.append(self)
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return True
+
+    def set(self, prop, value) -> bool:
+        self.sets.append((prop, value))
+        return True
+
+    def get(self, prop) -> float:
+        return 0.0
+
+    def read(self):
+        import time
+
+        time.sleep(0.01)
+        return False, None
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["csi", "rtsp", "pipeline", "usb"])
+def test_gstreamer_captures_get_no_cap_set(kind, monkeypatch) -> None:
+    """Each cap.set on a GStreamer capture restarts its pipeline: size/fps live in the caps;
+    V4L2 captures still get their properties set."""
+    import cv2
+
+    from edgekit.runtime.capture import opencv as ocv
+
+    monkeypatch.setattr(cv2, "VideoCapture", RecordingCapture)
+    monkeypatch.setattr(ocv, "gstreamer_available", lambda: True)
+    RecordingCapture.instances.clear()
+    cfg = {"csi": lambda: CsiCamera(CsiCameraConfig(width=1280, height=720, fps=60)),
+           "rtsp": lambda: ocv.GstreamerCamera(GstreamerCameraConfig(url="rtsp://h/s", width=640, height=480, fps=15)),
+           "pipeline": lambda: ocv.GstreamerCamera(GstreamerCameraConfig(pipeline="videotestsrc ! appsink", fps=10)),
+           "usb": lambda: ocv.UsbCamera(ocv.UsbCameraConfig(device=0, width=640, height=480, fps=30))}[kind]
+    cam = cfg()
+    cam.open()
+    cam.close()
+    cap = RecordingCapture.instances[-1]
+    if kind == "usb":
+        props = {p for p, _ in cap.sets}
+        assert {cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS} <= props
+    else:
+        assert cap.api == cv2.CAP_GSTREAMER and cap.sets == []
+    if kind == "rtsp":
+        assert "width=640, height=480" in cap.src and "framerate=15/1" in cap.src
+
+
+def test_rtsp_pipeline_on_jetson_never_hands_nvmm_to_videoconvert() -> None:
+    for codec in ("auto", "h264", "h265"):
+        p = rtsp_pipeline(GstreamerCameraConfig(url="rtsp://h/s", codec=codec, width=1280, height=720), jetson=True)
+        dec, rest = p.split(" ! nvvidconv ! ", 1)
+        assert "videoconvert" not in dec and rest.startswith("video/x-raw, format=BGRx, width=1280, height=720")
+    assert "rtph265depay ! h265parse ! nvv4l2decoder" in rtsp_pipeline(
+        GstreamerCameraConfig(url="rtsp://h/s", codec="h265"), jetson=True)
+    soft = rtsp_pipeline(GstreamerCameraConfig(url="rtsp://h/s", codec="h264", protocol="udp"), jetson=False)
+    assert "avdec_h264" in soft and "nv" not in soft.replace("videoconvert", "") and "protocols=udp" in soft
+
+
+def test_rtsp_protocol_applies_to_the_ffmpeg_path(monkeypatch) -> None:
+    import cv2
+
+    from edgekit.runtime.capture import opencv as ocv
+
+    monkeypatch.setattr(cv2, "VideoCapture", RecordingCapture)
+    monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|stimeout;5000000")
+    cam = ocv.GstreamerCamera(GstreamerCameraConfig(url="rtsp://h/s", backend="ffmpeg", protocol="udp"))
+    cam._open_capture()
+    import os
+
+    assert os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] == "rtsp_transport;udp|stimeout;5000000"
+    assert RecordingCapture.instances[-1].api == cv2.CAP_FFMPEG

@@ -15,6 +15,7 @@ CSI and GStreamer URLs need an OpenCV built with GStreamer (JetPack's). pip whee
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -80,8 +81,11 @@ class GstreamerCameraConfig(_OpenCvConfig):
     url: str | None = None  # rtsp://... (or http/GigE URL handled by a GStreamer source)
     pipeline: str | None = None  # full pipeline ending in "appsink" (GigE Vision via aravissrc, ...)
     latency_ms: int = Field(100, ge=0)
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp"] = "tcp"  # RTSP transport, on the GStreamer and the FFmpeg path
     backend: Literal["auto", "gstreamer", "ffmpeg"] = "auto"
+    # RTSP stream codec: auto = decodebin (picks nvv4l2decoder on a Jetson); h264/h265 = an explicit
+    # depay ! parse ! decoder chain (the Jetson hardware decoder there, avdec/libav elsewhere)
+    codec: Literal["auto", "h264", "h265"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> GstreamerCameraConfig:
@@ -110,6 +114,16 @@ def _need_gstreamer(what: str) -> None:
         )
 
 
+def on_jetson() -> bool:
+    return Path("/etc/nv_tegra_release").exists()
+
+
+def _size_caps(width: int | None, height: int | None, fps: float | None) -> str:
+    caps = [f"width={width}" if width else "", f"height={height}" if height else "",
+            f"framerate={int(round(fps))}/1" if fps else ""]
+    return "".join(f", {c}" for c in caps if c)
+
+
 def csi_pipeline(cfg: CsiCameraConfig) -> str:
     """GStreamer pipeline for a Jetson CSI sensor (Argus) converted to BGR for OpenCV."""
     exp = f' exposuretimerange="{cfg.exposure_ns[0]} {cfg.exposure_ns[1]}"' if cfg.exposure_ns else ""
@@ -122,13 +136,27 @@ def csi_pipeline(cfg: CsiCameraConfig) -> str:
     )
 
 
-def rtsp_pipeline(cfg: GstreamerCameraConfig) -> str:
-    """GStreamer pipeline for an RTSP URL (H.264/H.265 depayload via decodebin)."""
+def rtsp_pipeline(cfg: GstreamerCameraConfig, jetson: bool | None = None) -> str:
+    """GStreamer pipeline for an RTSP URL. Size and rate go into the caps (``cap.set`` on a
+    GStreamer capture restarts the pipeline). On a Jetson the decoder (nvv4l2decoder, what decodebin
+    picks there) outputs NVMM buffers that ``videoconvert`` cannot read: ``nvvidconv`` copies them
+    to system memory (and scales) first. Elsewhere software decode, ``videoscale``/``videorate``."""
+    jetson = on_jetson() if jetson is None else jetson
     proto = "tcp" if cfg.protocol == "tcp" else "udp"
-    return (
-        f'rtspsrc location="{cfg.url}" latency={cfg.latency_ms} protocols={proto} ! '
-        "decodebin ! videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=2 sync=false"
-    )
+    src = f'rtspsrc location="{cfg.url}" latency={cfg.latency_ms} protocols={proto} ! '
+    if cfg.codec == "auto":
+        dec = "decodebin ! "
+    elif jetson:
+        dec = f"rtp{cfg.codec}depay ! {cfg.codec}parse ! nvv4l2decoder ! "
+    else:
+        dec = f"rtp{cfg.codec}depay ! {cfg.codec}parse ! avdec_{cfg.codec} ! "
+    size = _size_caps(cfg.width, cfg.height, None)
+    rate = f"videorate ! video/x-raw, framerate={int(round(cfg.fps))}/1 ! " if cfg.fps else ""
+    if jetson:
+        conv = f"nvvidconv ! video/x-raw, format=BGRx{size} ! {rate}videoconvert ! "
+    else:
+        conv = f"videoconvert ! videoscale ! video/x-raw{size} ! {rate}videoconvert ! " if size else f"videoconvert ! {rate}"
+    return src + dec + conv + "video/x-raw, format=BGR ! appsink drop=true max-buffers=2 sync=false"
 
 
 class _OpenCvCamera(Camera):
@@ -146,6 +174,7 @@ class _OpenCvCamera(Camera):
         self.trigger_queue: queue.Queue[tuple[int, int, int | None]] = queue.Queue()
         self._last_frame_ns = 0
         self._pace: RateLimiter | None = None
+        self._gstreamer = False  # set by _open_capture when the capture is a GStreamer pipeline
 
     def _open_capture(self) -> Any:
         raise NotImplementedError
@@ -158,13 +187,16 @@ class _OpenCvCamera(Camera):
             raise DeviceError(f"camera {self.name}: cannot open {self._describe()}; check the cable/URL and that "
                               "no other process uses it (fuser /dev/video*)")
         c = self.cfg
-        if c.width:
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, c.width)
-        if c.height:
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, c.height)
-        if c.fps:
-            cap.set(cv2.CAP_PROP_FPS, c.fps)
-        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        # a GStreamer capture takes size/rate from its pipeline caps: each cap.set there stops and
+        # replays the pipeline (and CAP_PROP_BUFFERSIZE is ignored; appsink max-buffers bounds it)
+        if not self._gstreamer:
+            if c.width:
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, c.width)
+            if c.height:
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, c.height)
+            if c.fps:
+                cap.set(cv2.CAP_PROP_FPS, c.fps)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         self._cap = cap
         self._stop.clear()
         self._reader_error = None
@@ -302,6 +334,7 @@ class CsiCamera(_OpenCvCamera):
         import cv2
 
         _need_gstreamer("source.type: csi")
+        self._gstreamer = True
         return cv2.VideoCapture(csi_pipeline(self.cfg), cv2.CAP_GSTREAMER)
 
 
@@ -321,12 +354,19 @@ class GstreamerCamera(_OpenCvCamera):
         c = self.cfg
         if c.pipeline is not None:
             _need_gstreamer("source.pipeline")
+            self._gstreamer = True
             return cv2.VideoCapture(c.pipeline, cv2.CAP_GSTREAMER)
         use_gst = c.backend == "gstreamer" or (c.backend == "auto" and gstreamer_available())
         if c.backend == "gstreamer":
             _need_gstreamer("source.backend: gstreamer")
         if use_gst:
+            self._gstreamer = True
             return cv2.VideoCapture(rtsp_pipeline(c), cv2.CAP_GSTREAMER)
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(c.read_timeout_ms),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(c.read_timeout_ms)]
+        # OpenCV's FFmpeg backend reads its options from this variable at each open
+        # ("key;value|key;value"): the RTSP transport applies here too
+        opts = [o for o in os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "").split("|")
+                if o and not o.startswith("rtsp_transport;")]
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "|".join([f"rtsp_transport;{c.protocol}", *opts])
         return cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, params)
