@@ -269,6 +269,14 @@ class Daemon:
             self.line.stop(0.0)
             self.event_log.close()
             raise
+        if self.cfg.ui.enabled:  # before the belt moves: its start-up must not delay the first parts
+            from edgekit.ui import start_ui
+
+            self._ui, ui_note = start_ui(self)
+            if ui_note:
+                self.notes.append(ui_note)
+            else:
+                self.ui_url = self._ui.url
         if self.encoder is not None:
             # a simulated belt starts moving now, once the slow parts of start-up are done,
             # and the line process gets the same origin
@@ -286,14 +294,6 @@ class Daemon:
             except OSError as exc:
                 self.notes.append(f"metrics endpoint disabled: {exc}")
                 self._metrics_server = None
-        if self.cfg.ui.enabled:
-            from edgekit.ui import start_ui
-
-            self._ui, ui_note = start_ui(self)
-            if ui_note:
-                self.notes.append(ui_note)
-            else:
-                self.ui_url = self._ui.url
         for n in self.notes:
             emit(self.log, logging.WARNING, "startup_note", note=n)
         emit(self.log, logging.INFO, "started", run_id=self.run_id, bundle_id=self.pipeline.bundle.bundle_id,

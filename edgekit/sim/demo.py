@@ -39,9 +39,29 @@ def measure_inference_s(bundle_dir: str | Path, data_dir: str | Path, n: int = 5
     return float(np.median(times[len(samples):]))  # second pass: warm
 
 
+def ui_port(preferred: int = 8080) -> int | None:
+    """A free loopback port for the demo's operator page (``preferred`` if free), or None when the
+    ``[ui]`` extra (starlette, uvicorn) is not installed."""
+    import importlib.util
+    import socket
+
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        return None
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    return None
+
+
 def simulate_demo(bundle_dir: str | Path, data_dir: str | Path, out_dir: str | Path, n_parts: int = 200,
-                  mode: str = "encoder", threads: int = 1) -> dict[str, Any]:
-    """Run ``n_parts`` test images of ``data_dir`` through the daemon on a simulated conveyor.
+                  mode: str = "encoder", threads: int = 1, ui: bool = True) -> dict[str, Any]:
+    """Run ``n_parts`` test images of ``data_dir`` through the daemon on a simulated conveyor;
+    with ``ui`` (and the ``[ui]`` extra) the operator page is served on 127.0.0.1 meanwhile and
+    its link printed.
 
     Returns:
         the checker's report (see ``edgekit.sim.checker.check_run``) with ``lines``: printable
@@ -68,6 +88,13 @@ def simulate_demo(bundle_dir: str | Path, data_dir: str | Path, out_dir: str | P
         "metrics": {"enabled": False},
         "log": {"format": "text", "level": "warning"},
     }
+    port = ui_port() if ui else None
+    if port is not None:  # the page shows the rejected parts from the archive, with heat maps
+        data["ui"] = {"enabled": True, "port": port}
+        data["archive"] = {"enabled": True, "dir": str((out / "archive").resolve()), "quota_mb": 64}
+        print(f"operator page (live while the line runs): http://127.0.0.1:{port}/", flush=True)
+    elif ui:
+        print("operator page: pip install 'edgekit[ui]' to watch the line in a browser", flush=True)
     cfg = prepare_config(parse_run_config(data, "demo line"))
     report = simulate_config(cfg)
     report["inference_ms_measured"] = round(infer_s * 1e3, 2)
