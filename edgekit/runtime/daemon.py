@@ -940,6 +940,74 @@ def replay(bundle_dir: str | Path, source: str | Path, *, rate_hz: float | None 
     return s
 
 
+class Supervisor:
+    """The main thread's loop under systemd: watchdog pings, SIGHUP / watched-manifest reloads.
+
+    A reload runs in a thread of its own, so deserialising a new engine (which can take longer
+    than ``WatchdogSec``) never stops the pings: the line keeps running on the old bundle and
+    the watchdog is pinged while that pipeline is healthy. systemd is told ``RELOADING=1`` with
+    ``MONOTONIC_USEC`` (as ``Type=notify-reload`` requires) at the start and ``READY=1`` after.
+    ``clock`` is injectable (tests step it)."""
+
+    def __init__(self, daemon: Daemon, notifier: SdNotifier, watch_path: Path | None = None,
+                 clock: Any = time.monotonic) -> None:
+        self.daemon = daemon
+        self.notifier = notifier
+        self.watch_path = watch_path
+        self.clock = clock
+        self.ping_s = notifier.watchdog_interval_s() or 1.0
+        self.last_ping = -1e18
+        self._want = threading.Event()
+        self._why = ""
+        self._reloader: threading.Thread | None = None
+        self.reloads: list[tuple[str, bool]] = []  # (why, ok)
+        self.watch_mtime = self._mtime()
+
+    def _mtime(self) -> int:
+        p = self.watch_path
+        return p.stat().st_mtime_ns if p is not None and p.exists() else 0
+
+    def request_reload(self, why: str = "SIGHUP") -> None:
+        self._why = why
+        self._want.set()  # signal-safe: the work happens in step()
+
+    def _reload(self, why: str) -> None:
+        ok = False
+        try:
+            ok = bool(self.daemon.reload_bundle())
+        finally:
+            self.reloads.append((why, ok))
+
+    def reloading(self) -> bool:
+        return self._reloader is not None and self._reloader.is_alive()
+
+    def step(self) -> bool:
+        """One pass; False when the daemon is done."""
+        d = self.daemon
+        if d._source_done.is_set() or d._stop_capture.is_set():
+            return False
+        if self.watch_path is not None:
+            m = self._mtime()
+            if m != self.watch_mtime:
+                self.watch_mtime = m
+                self.request_reload("manifest changed")
+        if self._reloader is not None and not self._reloader.is_alive():
+            self._reloader = None
+            why, ok = self.reloads[-1] if self.reloads else ("", False)
+            self.notifier.ready(f"reloaded ({why})" if ok else f"reload refused ({why}); still on the old bundle")
+        if self._want.is_set() and self._reloader is None:
+            self._want.clear()
+            self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+            self._reloader = threading.Thread(target=self._reload, args=(self._why,), name="reload", daemon=True)
+            self._reloader.start()
+        now = self.clock()
+        if now - self.last_ping >= self.ping_s / 2:
+            self.last_ping = now
+            if d.health()["healthy"]:  # no ping while stalled: systemd restarts us
+                self.notifier.watchdog()
+        return True
+
+
 def run_cli(config: str | Path, check: bool = False, overrides: dict[str, Any] | None = None) -> None:
     """``edgekit run CONFIG.yaml``: validate; with ``check`` print the resolved config and stop;
     else run until SIGTERM/SIGINT (SIGHUP reloads the bundle). ``overrides``: ``--set`` keys
@@ -959,35 +1027,16 @@ def run_cli(config: str | Path, check: bool = False, overrides: dict[str, Any] |
     log = setup_logging(cfg.log.format, cfg.log.level)
     sys.setswitchinterval(0.0005)  # deadlines and the alive beat get the GIL quickly
     daemon = Daemon(cfg, logger=log)
-    reload_flag = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: reload_flag.set())
     notifier = SdNotifier.from_env()
     daemon.start()
     notifier.ready(f"run {daemon.run_id}")
-    watch_path = Path(cfg.bundle) / "manifest.json"
-    watch_mtime = watch_path.stat().st_mtime_ns if watch_path.exists() else 0
-    ping_s = notifier.watchdog_interval_s() or 1.0
-    last_ping = 0.0
-    while not daemon._source_done.is_set() and not daemon._stop_capture.is_set():
+    sup = Supervisor(daemon, notifier, Path(cfg.bundle) / "manifest.json" if cfg.watch_bundle else None)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: sup.request_reload("SIGHUP"))
+    while sup.step():
         time.sleep(0.1)
-        if reload_flag.is_set():
-            reload_flag.clear()
-            notifier.notify("RELOADING=1")
-            daemon.reload_bundle()
-            notifier.ready("reloaded")
-        if cfg.watch_bundle and watch_path.exists():
-            m = watch_path.stat().st_mtime_ns
-            if m != watch_mtime:
-                watch_mtime = m
-                daemon.reload_bundle()
-        now = time.monotonic()
-        if now - last_ping >= ping_s / 2:
-            last_ping = now
-            if daemon.health()["healthy"]:  # no ping while stalled: systemd restarts us
-                notifier.watchdog()
     notifier.notify("STOPPING=1")
     daemon.shutdown()
     if daemon.fatal is not None:

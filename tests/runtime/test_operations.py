@@ -42,13 +42,13 @@ def test_sdnotify_sends_datagrams(tmp_path) -> None:
     srv.close()
 
 
-def _events(proc: subprocess.Popen, want: str, timeout_s: float = 60.0) -> dict:
+def _events(proc: subprocess.Popen, want: str, timeout_s: float = 60.0, **match: object) -> dict:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         line = proc.stdout.readline()
         if line.startswith("{"):
             ev = json.loads(line)
-            if ev["event"] == want:
+            if ev["event"] == want and all(ev.get(k) == v for k, v in match.items()):
                 return ev
     raise AssertionError(f"no {want!r} event within {timeout_s} s")
 
@@ -78,7 +78,7 @@ def test_running_daemon_notify_metrics_health_hot_swap(tmp_path) -> None:
         started = _events(proc, "started")
         assert srv.recv(1024).startswith(b"READY=1")
         assert srv.recv(1024) == b"WATCHDOG=1"
-        _events(proc, "decision")
+        _events(proc, "decision", kind="reject")  # the metric exists once a reject was decided
         base = f"http://127.0.0.1:{started['metrics_port']}"
         metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
         assert 'edgekit_decisions_total{kind="reject"}' in metrics
@@ -184,3 +184,66 @@ def test_watched_bundle_path_reloads_without_signal(tmp_path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+class _SlowReloadDaemon:
+    """The Daemon surface the supervisor uses; ``reload_bundle`` blocks like a long engine
+    deserialisation until the test releases it (the old pipeline stays healthy meanwhile)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._source_done, self._stop_capture = threading.Event(), threading.Event()
+        self.release, self.started = threading.Event(), threading.Event()
+
+    def health(self) -> dict:
+        return {"healthy": True}
+
+    def reload_bundle(self) -> bool:
+        self.started.set()
+        assert self.release.wait(10)
+        return True
+
+
+def test_reload_longer_than_the_watchdog_keeps_pinging_then_ready(tmp_path) -> None:
+    """WatchdogSec=10 s, a reload taking 25 s (virtual): the supervisor pings every 5 s through it,
+    sends RELOADING=1 with MONOTONIC_USEC first and READY=1 after."""
+    from edgekit.runtime.daemon import Supervisor
+
+    path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.setblocking(False)
+    t = [0.0]
+    d = _SlowReloadDaemon()
+    sup = Supervisor(d, SdNotifier(path, watchdog_usec=10_000_000), clock=lambda: t[0])
+
+    def msgs() -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(srv.recv(1024).decode())
+            except BlockingIOError:
+                return out
+
+    assert sup.step() and msgs() == ["WATCHDOG=1"]
+    sup.request_reload("SIGHUP")
+    t[0] += 1.0
+    assert sup.step()
+    first = msgs()
+    assert first[0].startswith("RELOADING=1\nMONOTONIC_USEC=") and int(first[0].split("=")[-1]) > 0
+    assert d.started.wait(5)
+    seen = first[1:]
+    for _ in range(24):  # 24 more virtual seconds, the reload still running
+        t[0] += 1.0
+        assert sup.step() and sup.reloading()
+        seen += msgs()
+    assert seen.count("WATCHDOG=1") == 5 and not any(m.startswith("READY") for m in seen)
+    d.release.set()
+    sup._reloader.join(5)
+    t[0] += 1.0
+    assert sup.step()
+    assert msgs()[0] == "READY=1\nSTATUS=reloaded (SIGHUP)" and sup.reloads == [("SIGHUP", True)]
+    d._stop_capture.set()
+    assert not sup.step()
+    srv.close()
