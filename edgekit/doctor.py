@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
+from edgekit.errors import DeviceError, EdgekitError
 
 DEFAULT_CONFIG = Path("/etc/edgekit/config.yaml")  # what edgekit.service runs
 DEFAULT_STATE_DIR = Path("/var/lib/edgekit")
@@ -52,7 +52,7 @@ FIX_FOR_MODULE = {
     "onnxruntime": f"{PIP} onnxruntime (Jetson: the onnxruntime-gpu wheel for your JetPack, Jetson AI Lab index)",
     "cv2": "use JetPack's python3-opencv through a venv created with --system-site-packages (provision.sh)",
     "gpiod": f"{PIP} 'edgekit[jetson]' (gpiod>=2.1: the libgpiod v2 Python bindings)",
-    "pymodbus": f"{PIP} 'edgekit[plc]' (pymodbus>=3.6)",
+    "pymodbus": f"{PIP} 'edgekit[plc]' (pymodbus>=3.10)",
 }
 
 
@@ -315,6 +315,24 @@ class Probes:
         """Import and return a module; any exception means 'not usable' (tensorrt raises OSError
         when its shared libraries are missing, not ImportError)."""
         return importlib.import_module(name)
+
+    def cuda_versions(self) -> dict[str, Any]:
+        """cuda-python's version and the CUDA driver's (cudaDriverGetVersion, e.g. 12060 = 12.6);
+        DeviceError (with the pin) when cuda-python is missing."""
+        import importlib.metadata as md
+
+        from edgekit.compile.trt_build import import_cudart
+
+        cudart = import_cudart()
+        version = "?"
+        for dist in ("cuda-python", "cuda-bindings"):
+            try:
+                version = md.version(dist)
+                break
+            except md.PackageNotFoundError:
+                continue
+        err, drv = cudart.cudaDriverGetVersion()
+        return {"cuda_python": version, "driver": int(drv) if int(err) == 0 else None}
 
     def ort_providers(self) -> list[str]:
         import onnxruntime
@@ -608,16 +626,45 @@ def check_tensorrt(params: DoctorParams, probes: Probes) -> CheckResult:
         return _fail(name, f"import tensorrt failed ({exc.__class__.__name__})",
                      "TensorRT comes with JetPack, not pip: `sudo apt install nvidia-tensorrt` and a venv created "
                      "with --system-site-packages (provision.sh); or use backend onnxruntime", optional=optional)
+    from edgekit.compile.trt_build import check_trt_version
+
+    try:
+        verdict = check_trt_version(trt)  # JetPack 6.0 = 8.6 (explicit batch), 6.1/6.2 = 10.3
+    except DeviceError as exc:
+        return _fail(name, str(exc).split("; upgrade")[0], "flash JetPack 6.1 or 6.2 (TensorRT 10.3) or 6.0 (8.6) "
+                     "with SDK Manager", optional=optional)
     manifest = _read_manifest(params, probes)
     want = _engine_tensorrt_version(manifest) if manifest else None
     if want is None:
-        return _ok(name, f"TensorRT {version} (bundle has no engine to compare)")
+        return _ok(name, f"{verdict} (bundle has no engine to compare)")
     # Serialized engines only load on the TensorRT version that built them (major.minor.patch).
     if want.split(".")[:3] != version.split(".")[:3]:
         return _fail(name, f"TensorRT {version} but the bundle's engine was built with {want}",
                      "rebuild the engine on this device (`edgekit build RUN_DIR --target jetson`) or "
                      "install the matching JetPack", optional=optional)
-    return _ok(name, f"TensorRT {version} matches the bundle engine")
+    return _ok(name, f"{verdict}; matches the bundle engine")
+
+
+def check_cuda_python(params: DoctorParams, probes: Probes) -> CheckResult:
+    """cuda-python is what the TensorRT backend allocates and copies with; its major version must
+    not exceed the driver's CUDA (cuda-python 13 on JetPack 6's CUDA 12.6 driver fails with
+    cudaErrorInsufficientDriver at the first call)."""
+    from edgekit.compile.trt_build import CUDA_PYTHON_HINT, CUDA_PYTHON_PIN
+
+    name = "cuda-python"
+    optional = not params.need_tensorrt
+    try:
+        v = probes.cuda_versions()
+    except Exception as exc:  # noqa: BLE001 - DeviceError (missing) or a broken install
+        return _fail(name, f"not usable ({str(exc).splitlines()[0]})", f"{PIP} '{CUDA_PYTHON_PIN}'",
+                     optional=optional)
+    drv = v.get("driver")
+    drv_s = f"{drv // 1000}.{drv % 1000 // 10}" if drv else "unknown (no GPU visible?)"
+    major = str(v.get("cuda_python", "?")).split(".")[0]
+    if drv and major.isdigit() and int(major) > drv // 1000:
+        return _fail(name, f"cuda-python {v['cuda_python']} needs a CUDA {major} driver, this one is CUDA {drv_s}",
+                     f"{PIP} '{CUDA_PYTHON_PIN}' ({CUDA_PYTHON_HINT.split('(', 1)[1].rstrip(')')})", optional=optional)
+    return _ok(name, f"cuda-python {v['cuda_python']}, CUDA driver {drv_s}")
 
 
 def check_cuda(params: DoctorParams, probes: Probes) -> CheckResult:
@@ -700,20 +747,24 @@ def check_camera(params: DoctorParams, probes: Probes) -> CheckResult:
 
 
 def _resolve_chip(chip: str, probes: Probes) -> tuple[str | None, str]:
-    """Path of the chip named by path, 'gpiochipN' or label; (None, reason) if not found."""
-    candidates = probes.gpio_chips()
-    if chip.startswith("/dev/"):
-        return (chip, "") if probes.exists(chip) else (None, f"{chip} does not exist")
-    if probes.exists(f"/dev/{chip}"):
-        return f"/dev/{chip}", ""
-    for path in candidates:  # a label such as tegra234-gpio: stable across boots, N is not
+    """Path of the chip named by path, 'gpiochipN' or label, resolved exactly as the runtime
+    does (edgekit.runtime.gpiochip.resolve_chip, over the probes); (None, reason) if not found."""
+    from edgekit.runtime.gpiochip import resolve_chip
+
+    def info(path: str) -> tuple[str, str, int]:
+        if not probes.exists(path):
+            raise FileNotFoundError(path)
         try:
-            _, label, _ = probes.gpio_chip_info(path)
-        except Exception:  # noqa: BLE001
-            continue
-        if label == chip:
-            return path, ""
-    return None, f"no gpiochip with label {chip!r}"
+            return probes.gpio_chip_info(path)
+        except ImportError as exc:
+            raise OSError(str(exc)) from None
+        except PermissionError:  # the chip exists; check_gpio reports the permission with its fix
+            return os.path.basename(path), "(unreadable)", 0
+
+    try:
+        return resolve_chip(chip, "gpio", chips=probes.gpio_chips, info=info).path, ""
+    except DeviceError as exc:
+        return None, str(exc).split("; set chip")[0].removeprefix("gpio: ")
 
 
 def check_gpio(params: DoctorParams, probes: Probes) -> CheckResult:
@@ -867,7 +918,7 @@ def check_platform(params: DoctorParams, probes: Probes) -> CheckResult:
 
 CHECKS: tuple[Callable[[DoctorParams, Probes], CheckResult | list[CheckResult]], ...] = (
     check_config, check_platform, check_user, check_python, check_extras, check_ort_providers, check_tensorrt,
-    check_cuda, check_gstreamer, check_camera, check_gpio, check_plc, check_disk, check_clock, check_pulse_timing,
+    check_cuda_python, check_cuda, check_gstreamer, check_camera, check_gpio, check_plc, check_disk, check_clock, check_pulse_timing,
     check_bundle,
 )
 

@@ -52,6 +52,7 @@ class FakeProbes(d.Probes):
         self.user_info: tuple[str, int, list[str]] = ("edgekit", 998, ["edgekit", "gpio", "video"])
         self.connect_error: OSError | None = None
         self.modbus_value: int | Exception = 7
+        self.cuda = {"cuda_python": "12.6.0", "driver": 12060}  # JetPack 6.1/6.2: CUDA 12.6
         self.jitter = {"p50_s": 10e-6, "p99_s": 80e-6, "max_s": 300e-6, "n": 250, "sched_fifo": True,
                        "late_over_100us_by_cause": {"runqueue": 0, "hypervisor": 0, "timer": 2}}
         self.__dict__.update(kw)
@@ -59,6 +60,11 @@ class FakeProbes(d.Probes):
     def timer_jitter(self, duration_ms: float, rt_priority: int | None, busy_wait_us: float,
                      timeout_s: float) -> dict[str, Any]:
         return dict(self.jitter)
+
+    def cuda_versions(self) -> dict[str, Any]:
+        if isinstance(self.cuda, Exception):
+            raise self.cuda
+        return dict(self.cuda)
 
     def python_version(self) -> tuple[int, int, int]:
         return self.version
@@ -616,3 +622,34 @@ def test_pulse_timing_late_on_a_vm_names_the_cause_and_the_fix() -> None:
 def test_pulse_timing_real_probe_runs_a_child() -> None:
     j = d.Probes().timer_jitter(30.0, None, 200.0, timeout_s=60.0)
     assert j["n"] >= 10 and j["sched_fifo"] is False and 0 <= j["p50_s"] <= j["max_s"]
+
+
+def test_cuda_python_checked_against_the_driver() -> None:
+    r = d.check_cuda_python(_station(), FakeProbes())
+    assert r.ok and r.detail == "cuda-python 12.6.0, CUDA driver 12.6"
+    # what `pip install cuda-python` resolves to on JetPack 6: bindings 13 on a CUDA 12.6 driver
+    r = d.check_cuda_python(_station(), FakeProbes(cuda={"cuda_python": "13.0.1", "driver": 12060}))
+    assert r.status == "fail" and "needs a CUDA 13 driver, this one is CUDA 12.6" in r.detail
+    assert "'cuda-python>=12,<13'" in r.fix
+    from edgekit.errors import DeviceError
+
+    r = d.check_cuda_python(_station(), FakeProbes(cuda=DeviceError("TensorRT needs cuda-python here")))
+    assert r.status == "fail" and r.fix.endswith("install 'cuda-python>=12,<13'")
+
+
+def test_tensorrt_version_verdict_per_jetpack() -> None:
+    r = d.check_tensorrt(_station(), FakeProbes())
+    assert r.ok and r.detail.startswith("TensorRT 10.3.0: supported")
+    p = FakeProbes()
+    p.modules["tensorrt"] = _Mod("8.6.2")
+    r = d.check_tensorrt(_station(), p)
+    assert r.ok and "JetPack 6.0" in r.detail and "EXPLICIT_BATCH" in r.detail
+    p.modules["tensorrt"] = _Mod("8.5.2")
+    r = d.check_tensorrt(_station(), p)
+    assert r.status == "fail" and "too old" in r.detail and "JetPack 6.1 or 6.2" in r.fix
+
+
+def test_doctor_resolves_chip_labels_like_the_runtime() -> None:
+    """A label that doctor accepts is one the outputs/encoder resolve (one resolver)."""
+    r = d.check_gpio(_station(gpio_chip="tegra234-gpio-aon", gpio_lines=()), FakeProbes())
+    assert r.ok and r.detail.startswith("/dev/gpiochip1 gpiochip1 (tegra234-gpio-aon")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgekit.errors import DeviceError
@@ -51,15 +52,24 @@ def _info(path: str) -> ChipRef:
     return ChipRef(path, info.name, info.label, info.num_lines)
 
 
-def resolve_chip(chip: str, who: str = "gpio") -> ChipRef:
+def resolve_chip(chip: str, who: str = "gpio", *, chips: Callable[[], list[str]] | None = None,
+                 info: Callable[[str], tuple[str, str, int]] | None = None) -> ChipRef:
     """Resolve a path, ``gpiochipN`` or label to the chip's device; DeviceError (one line, with
-    the chips present and the fix) when there is none. ``who`` names the config section."""
-    try:
-        import gpiod
-    except ImportError:
-        raise DeviceError(f"{who}: GPIO needs the libgpiod v2 Python bindings: pip install 'gpiod>=2.1'") from None
+    the chips present and the fix) when there is none. ``who`` names the config section.
+    ``chips`` / ``info`` (doctor's probes) replace the /dev scan and the gpiod query."""
+    if info is None:
+        try:
+            import gpiod
+        except ImportError:
+            raise DeviceError(f"{who}: GPIO needs the libgpiod v2 Python bindings: pip install 'gpiod>=2.1'") from None
+
+        def info(path: str) -> tuple[str, str, int]:
+            if not gpiod.is_gpiochip_device(path):
+                raise FileNotFoundError(f"{path} is not a gpiochip device")
+            r = _info(path)
+            return r.name, r.label, r.num_lines
+    chips = chips or list_chips
     chip = str(chip).strip()
-    candidates: list[str]
     if chip.startswith("/"):
         candidates = [chip]
     elif chip.startswith("gpiochip") and chip[len("gpiochip"):].isdigit():
@@ -67,10 +77,10 @@ def resolve_chip(chip: str, who: str = "gpio") -> ChipRef:
     else:
         candidates = []
     for path in candidates:
-        if not gpiod.is_gpiochip_device(path):
-            break
         try:
-            ref = _info(path)
+            ref = ChipRef(path, *info(path))
+        except FileNotFoundError:
+            break
         except PermissionError:
             raise DeviceError(f"{who}: {path}: permission denied; add the service user to the gpio group and "
                               "install firmware_scripts/99-edgekit-gpio.rules (provision.sh)") from None
@@ -79,9 +89,9 @@ def resolve_chip(chip: str, who: str = "gpio") -> ChipRef:
         log.info("%s: chip %r is %s", who, chip, ref.describe())
         return ref
     present: list[ChipRef] = []
-    for path in list_chips():
+    for path in chips():
         try:
-            present.append(_info(path))
+            present.append(ChipRef(path, *info(path)))
         except OSError:
             continue
     if not candidates:  # a label
