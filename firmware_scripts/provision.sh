@@ -77,11 +77,22 @@ step() { printf '\n==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() { printf 'provision.sh: %s\n' "$*" >&2; exit 1; }
 
+# CUDA major version of the installed toolkit (JetPack: /usr/local/cuda/version.json), 12 when
+# it cannot be read (JetPack 6.x ships CUDA 12.2 or 12.6).
+cuda_major_version() {
+  local f=/usr/local/cuda/version.json v=""
+  if [[ -r "${f}" ]]; then
+    v="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cuda"]["version"].split(".")[0])' "${f}" 2>/dev/null || true)"
+  fi
+  [[ "${v}" =~ ^[0-9]+$ ]] || v=12
+  printf '%s\n' "${v}"
+}
+
 # Print a command, then run it unless --dry-run.
 run() {
-  local shown="" arg
+  local shown="" arg special='[[:space:]<>|;&()*?]'  # shell-quoted when shown, so the line can be pasted
   for arg in "$@"; do
-    if [[ "${arg}" =~ [[:space:]] ]]; then shown+="'${arg}' "; else shown+="${arg} "; fi
+    if [[ "${arg}" =~ ${special} ]]; then shown+="'${arg}' "; else shown+="${arg} "; fi
   done
   printf '    + %s\n' "${shown% }"
   if ((DRY_RUN == 0)); then
@@ -210,8 +221,13 @@ create_venv() {
     run /usr/bin/python3 -m venv --system-site-packages "${VENV}"
   fi
   run "${VENV}/bin/pip" install --upgrade pip wheel
-  # A checkout directory or a wheel file; pip accepts extras on both.
-  run "${VENV}/bin/pip" install "${SOURCE}[jetson,plc]"
+  # cuda-python must match the CUDA major of JetPack's driver: pip's newest (13) needs a CUDA 13
+  # driver (>= 580) and fails on JetPack 6 (CUDA 12.6) with cudaErrorInsufficientDriver.
+  local cuda_major
+  cuda_major="$(cuda_major_version)"
+  note "CUDA ${cuda_major}.x on this device: cuda-python>=${cuda_major},<$((cuda_major + 1))"
+  # A checkout directory or a wheel file; pip accepts extras on both ([jetson] pins cuda-python<13).
+  run "${VENV}/bin/pip" install "${SOURCE}[jetson,plc]" "cuda-python>=${cuda_major},<$((cuda_major + 1))"
   if [[ -n "${ORT_WHEEL}" ]]; then
     # Both wheels provide the `onnxruntime` module; keep only the CUDA/TensorRT one.
     run "${VENV}/bin/pip" uninstall -y onnxruntime

@@ -74,7 +74,7 @@ def test_provision_dry_run_prints_the_plan_and_changes_nothing() -> None:
                  "Reload udev", "edgekit doctor"):
         assert f"==> {step}" in out, step
     # the commands a real run would execute, in order
-    expected = ["venv --system-site-packages /opt/edgekit/venv", "[jetson,plc]",
+    expected = ["venv --system-site-packages /opt/edgekit/venv", "[jetson,plc] 'cuda-python>=12,<13'",
                 "/etc/systemd/system/edgekit.service", "/etc/udev/rules.d/99-edgekit-gpio.rules",
                 "/etc/logrotate.d/edgekit", "systemctl daemon-reload", "systemctl enable edgekit.service",
                 "edgekit doctor"]
