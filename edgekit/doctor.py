@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import importlib
-import inspect
 import json
 import os
 import platform
@@ -407,10 +406,8 @@ class Probes:
         try:
             if not client.connect():
                 raise ConnectionError(f"cannot connect to {host}:{port}")
-            # pymodbus renamed the unit keyword: slave= (3.6-3.8) → device_id= (3.9+)
-            params = inspect.signature(client.read_holding_registers).parameters
-            unit_kw = "device_id" if "device_id" in params else "slave"
-            rr = client.read_holding_registers(address, count=1, **{unit_kw: unit})
+            # device_id= since pymodbus 3.10 (slave= before), the floor in pyproject.toml
+            rr = client.read_holding_registers(address, count=1, device_id=unit)
             if rr.isError():
                 raise ConnectionError(f"Modbus exception response: {rr}")
             return int(rr.registers[0])

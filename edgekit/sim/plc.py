@@ -153,12 +153,8 @@ class ShiftRegisterPlc:
         from pymodbus import datastore as ds
 
         block = ds.ModbusSequentialDataBlock(1, [0] * self._size)  # FC03 address a = block address a + 1
-        dev_cls = getattr(ds, "ModbusDeviceContext", None) or ds.ModbusSlaveContext  # ≥ 3.10 / older
-        dev = dev_cls(hr=block)
-        try:
-            return ds.ModbusServerContext(devices=dev, single=True)
-        except TypeError:  # pymodbus < 3.10
-            return ds.ModbusServerContext(slaves=dev, single=True)
+        # ModbusDeviceContext / devices= since pymodbus 3.10 (the floor in pyproject.toml)
+        return ds.ModbusServerContext(devices=ds.ModbusDeviceContext(hr=block), single=True)
 
     def start(self) -> ShiftRegisterPlc:
         import asyncio
@@ -211,14 +207,11 @@ class ShiftRegisterPlc:
         self.program.finish(time.monotonic_ns())
 
     def _scan_loop(self) -> None:
-        import inspect
-
         from pymodbus.client import ModbusTcpClient
 
         client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=1.0)
         client.connect()
-        params = inspect.signature(client.read_holding_registers).parameters
-        unit = {"device_id": 1} if "device_id" in params else {"slave": 1}
+        unit = {"device_id": 1}  # pymodbus >= 3.10
         next_ns = time.monotonic_ns()
         while not self._stop.is_set():
             now = time.monotonic_ns()

@@ -17,7 +17,6 @@ retried with exponential backoff and the current state is rewritten after reconn
 from __future__ import annotations
 
 import collections
-import inspect
 import queue
 import struct
 import threading
@@ -128,11 +127,10 @@ class ModbusOutput(Output):
         try:
             from pymodbus.client import ModbusTcpClient
         except ImportError:
-            raise DeviceError("the modbus output needs pymodbus 3.x: pip install 'edgekit[plc]' (pymodbus>=3.6,<4)") from None
+            raise DeviceError("the modbus output needs pymodbus 3.x: pip install 'edgekit[plc]' (pymodbus>=3.10,<4)") from None
         self._client = ModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self.cfg.timeout_s, retries=0)
-        # pymodbus renamed the unit keyword: slave= (3.6-3.8) → device_id= (3.9+)
-        params = inspect.signature(self._client.write_registers).parameters
-        self._unit_kw = "device_id" if "device_id" in params else "slave"
+        # the unit keyword is device_id= since pymodbus 3.10 (slave= before): the floor in pyproject.toml
+        self._unit_kw = "device_id"
         if not self._connect():
             if self.cfg.required:
                 raise DeviceError(f"outputs.{self.name}: PLC {self.cfg.host}:{self.cfg.port} unreachable; check the "
