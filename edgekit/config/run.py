@@ -23,6 +23,7 @@ from edgekit.runtime.outputs.gpio import FakeGpioOutputConfig, GpiodOutputConfig
 from edgekit.runtime.outputs.jetson import JetsonGpioOutputConfig
 from edgekit.runtime.outputs.modbus import ModbusOutputConfig
 from edgekit.runtime.outputs.modbus_server import ModbusServerOutputConfig
+from edgekit.runtime.outputs.mqtt import MqttOutputConfig
 from edgekit.sim.camera import SimCameraConfig
 from edgekit.sim.faults import FaultyBackendConfig
 from edgekit.ui.config import UiConfig
@@ -35,7 +36,7 @@ SourceConfig = Annotated[
 BackendConfig = Annotated[OrtBackendConfig | TrtBackendConfig | FaultyBackendConfig, Field(discriminator="type")]
 OutputConfig = Annotated[
     FakeGpioOutputConfig | GpiodOutputConfig | JetsonGpioOutputConfig | ModbusOutputConfig
-    | ModbusServerOutputConfig,
+    | ModbusServerOutputConfig | MqttOutputConfig,
     Field(discriminator="type"),
 ]
 EncoderConfig = Annotated[SimEncoderConfig | GpiodEncoderConfig, Field(discriminator="type")]
@@ -176,6 +177,9 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         upd["source"] = cfg.source.model_copy(update={"dataset": fix(cfg.source.dataset)})
     upd["events"] = cfg.events.model_copy(update={"path": fix(cfg.events.path)})
     upd["archive"] = cfg.archive.model_copy(update={"dir": fix(cfg.archive.dir)})
+    # files an output keeps (the MQTT outbox) sit next to the config unless given absolute
+    upd["outputs"] = [o.model_copy(update={"outbox_path": fix(o.outbox_path)}) if hasattr(o, "outbox_path") else o
+                      for o in cfg.outputs]
     return cfg.model_copy(update=upd)
 
 

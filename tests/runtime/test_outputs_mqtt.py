@@ -1,0 +1,260 @@
+"""MQTT output against a real mosquitto broker started by the test on 127.0.0.1 (Debian package
+``mosquitto``; skipped with the reason where it is missing). Delivery is at least once; the
+subscriber de-duplicates by part id, and the tests assert that no result is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgekit.errors import ConfigError
+from edgekit.runtime.outputs.mqtt import MqttOutput, MqttOutputConfig, credentials
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto broker not installed (apt-get install mosquitto)")
+OFFSET_NS = 1_700_000_000_000_000_000  # wall = monotonic + offset: exact timestamps, no wall clock
+
+
+def _free_port() -> int:
+    """A free port below the ephemeral range: while the broker is down for 5 s, no outgoing
+    connection of another process can be given its port."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port in 20000-32000")
+
+
+class Broker:
+    """mosquitto on 127.0.0.1 with persistence, so a subscriber's session survives a restart."""
+
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.port = port or _free_port()
+        self.dir = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.conf = tmp / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {tmp}/\nlog_dest file {tmp}/mosquitto.log\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        err = open(self.dir / "mosquitto.stderr", "ab")  # noqa: SIM115 (the broker's lifetime)
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=err, stderr=err)
+        err.close()
+        end = time.monotonic() + 10
+        while time.monotonic() < end and self.proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        logs = [p.read_text(errors="replace")[-2000:] for p in (self.dir / "mosquitto.stderr",
+                                                                self.dir / "mosquitto.log") if p.exists()]
+        raise RuntimeError(f"mosquitto did not start (exit {self.proc.poll()}): {logs}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class Subscriber:
+    """The MES side: a persistent session (clean_session False, QoS 1) on prefix/station/#."""
+
+    _n = 0
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.messages: list[tuple[str, dict | str, bool]] = []
+        self.lock = threading.Lock()
+        Subscriber._n += 1
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"mes-test-{Subscriber._n}",
+                             clean_session=False)
+        self.c.reconnect_delay_set(min_delay=0.05, max_delay=0.2)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port, keepalive=5)
+        self.c.loop_start()
+
+    def _on_message(self, c, u, msg) -> None:
+        body = msg.payload.decode()
+        with self.lock:
+            self.messages.append((msg.topic, json.loads(body) if body.startswith("{") else body, bool(msg.retain)))
+
+    def results(self) -> list[dict]:
+        with self.lock:
+            return [m[1] for m in self.messages if m[0].endswith("/result")]
+
+    def on(self, leaf: str) -> list:
+        with self.lock:
+            return [m[1] for m in self.messages if m[0].endswith("/" + leaf)]
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def _wait(pred, timeout_s: float = 20.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def _decision(pid: int, kind: str = "accept") -> dict:
+    t = time.monotonic_ns()
+    return {"part_id": pid, "kind": kind, "score": 0.125 if kind == "accept" else 0.875,
+            "failsafe": None, "encoder_count": 20 + 10 * pid, "target_count": 170 + 10 * pid,
+            "t_capture_ns": t - 7_000_000, "t_decided_ns": t, "source_id": "cam0", "bundle_id": "b-123",
+            "model_id": "b-123:fp32", "image_path": f"/var/lib/edgekit/archive/p{pid}.jpg" if kind == "reject" else None,
+            "enabled": True}
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+def _output(port: int, tmp: Path, **kw) -> MqttOutput:
+    cfg = MqttOutputConfig(host="127.0.0.1", port=port, station="line1", outbox_path=str(tmp / "outbox.db"),
+                           retry_initial_s=0.05, retry_max_s=0.2, health_period_s=0.5, **kw)
+    return MqttOutput(cfg, wall_ns=lambda: time.monotonic_ns() + OFFSET_NS)
+
+
+def test_broker_outage_of_5_s_loses_no_result(broker, tmp_path) -> None:
+    sub = Subscriber(broker.port, "edgekit/line1/#")
+    out = _output(broker.port, tmp_path)
+    out.open()
+    out.set_line("ready", True)
+    try:
+        for i in range(100):
+            out.publish_dict(_decision(i, "reject" if i % 5 == 0 else "accept"))
+            time.sleep(0.005)
+        assert _wait(lambda: len({r["part_id"] for r in sub.results()}) == 100)
+        broker.stop()  # mid-run: SIGTERM, 5 s down
+        t_down = time.monotonic()
+        for i in range(100, 200):
+            out.publish_dict(_decision(i))
+            time.sleep(0.01)
+        assert _wait(lambda: out.stats()["connected"] == 0, 5)
+        assert out.stats()["outbox_queued"] >= 100  # kept locally while the broker is away
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - t_down)))
+        broker.start()
+        for i in range(200, 300):
+            out.publish_dict(_decision(i))
+            time.sleep(0.005)
+        assert _wait(lambda: len({r["part_id"] for r in sub.results()}) == 300, 30), (
+            sorted(set(range(300)) - {r["part_id"] for r in sub.results()}), out.stats(), out.pop_errors(),
+            (broker.dir / "mosquitto.log").read_text()[-3000:])
+        assert _wait(lambda: out.stats()["outbox_queued"] == 0, 10)
+    finally:
+        out.close()
+    res = sub.results()
+    sub.close()
+    firsts: dict[int, dict] = {}
+    for r in res:
+        firsts.setdefault(r["part_id"], r)
+    assert sorted(firsts) == list(range(300))  # none lost
+    assert list(firsts) == list(range(300))  # first deliveries in order (the backlog drains oldest first)
+    dup = len(res) - 300  # at least once: a result whose PUBACK was lost in the outage comes again
+    assert 0 <= dup <= 20  # at most max_inflight resent
+    st = out.stats()
+    assert st["sent_total"] == 300 and st["dropped_total"] == 0 and st["reconnects_total"] >= 1
+    r = firsts[5]
+    assert r == {"station": "line1", "uid": f"{out.run_uid}-5", "part_id": 5, "decision": "reject",
+                 "failsafe": None, "score": 0.875, "encoder_count": 70, "target_count": 220,
+                 "t_capture": r["t_capture"], "t_decided": r["t_decided"], "latency_ms": 7.0, "bundle_id": "b-123",
+                 "model_id": "b-123:fp32", "image_path": "/var/lib/edgekit/archive/p5.jpg", "enabled": True,
+                 "source": "cam0"}
+    assert r["t_capture"].endswith("Z") and r["t_capture"].startswith("2023-11-")
+    assert any("kept in the outbox" in e for e in out.pop_errors())
+
+
+def test_health_retained_status_online_and_last_will(broker, tmp_path) -> None:
+    out = _output(broker.port, tmp_path)
+    out.open()
+    out.set_line("ready", True)
+    out.set_line("heartbeat", True)
+    try:
+        assert _wait(lambda: out.stats()["connected"] == 1, 10)
+        time.sleep(0.6)  # one health period
+        late = Subscriber(broker.port, "edgekit/line1/#")  # joins late: gets the retained messages
+        assert _wait(lambda: late.on("health") and late.on("status"), 10)
+        h = late.on("health")[0]
+        assert h["station"] == "line1" and h["ready"] is True and h["outbox"] == {"queued": 0, "sent": 0, "dropped": 0}
+        assert late.on("status")[-1] == "online"
+        late.close()
+        watcher = Subscriber(broker.port, "edgekit/line1/status")
+        assert _wait(lambda: watcher.on("status") == ["online"]), watcher.messages
+        out._client.socket().close()  # the station dies without DISCONNECT: the broker sends the will
+        assert _wait(lambda: "offline" in watcher.on("status"), 15)
+        assert _wait(lambda: watcher.on("status")[-1] == "online", 10)  # reconnected
+        watcher.close()
+    finally:
+        out.close()
+    watcher = Subscriber(broker.port, "edgekit/line1/status")
+    assert _wait(lambda: watcher.on("status") == ["offline"])  # clean shutdown: offline, retained
+    watcher.close()
+
+
+def test_full_outbox_drops_oldest_counts_them_and_survives_a_restart(tmp_path) -> None:
+    port = _free_port()  # no broker yet: everything waits in the outbox
+    out = _output(port, tmp_path, outbox_max_rows=10, shutdown_drain_s=0)
+    out.open()
+    for i in range(25):
+        out.publish_dict(_decision(i))
+    assert _wait(lambda: out.stats()["dropped_total"] == 15, 5)
+    st = out.stats()
+    assert st["outbox_queued"] == 10 and st["sent_total"] == 0
+    errs = out.pop_errors()
+    assert any("unreachable" in e for e in errs) and any("outbox full (10 rows)" in e for e in errs)
+    out.close()  # the station stops with 10 results unsent
+    b = Broker(tmp_path / "b", port).start()
+    try:
+        sub = Subscriber(port, "edgekit/line1/result")
+        out2 = _output(port, tmp_path)  # next start, same outbox
+        out2.open()
+        try:
+            assert _wait(lambda: len(sub.results()) >= 10, 15)
+            assert _wait(lambda: out2.stats()["outbox_queued"] == 0, 10)
+            assert any("from an earlier run" in e for e in out2.pop_errors())
+        finally:
+            out2.close()
+        assert [r["part_id"] for r in sub.results()] == list(range(15, 25))
+        sub.close()
+    finally:
+        b.stop()
+
+
+def test_credentials_come_from_environment_or_file_never_from_the_logged_config(tmp_path) -> None:
+    cfg = MqttOutputConfig(host="h", station="s1", username="plant")
+    assert credentials(cfg, {"EDGEKIT_MQTT_PASSWORD": "pw1"}) == ("plant", "pw1")
+    f = tmp_path / "pw"
+    f.write_text("pw2\n")
+    cfg = MqttOutputConfig(host="h", station="s1", username_env="U", password_file=str(f))
+    assert credentials(cfg, {"U": "u2"}) == ("u2", "pw2")
+    assert "pw" not in json.dumps(cfg.model_dump(mode="json")).replace("password", "").replace(str(f), "")
+    with pytest.raises(ConfigError, match=r"outputs\.mqtt\.password_file: cannot read"):
+        credentials(MqttOutputConfig(host="h", station="s", password_file=str(tmp_path / "nope")), {})
+    with pytest.raises(ValueError, match="topic level"):
+        MqttOutputConfig(host="h", station="a/#")
