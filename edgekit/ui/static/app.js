@@ -4,7 +4,8 @@
 const $ = (id) => document.getElementById(id);
 const fmt = (v, d = 3) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : Number(v).toFixed(d);
 let lastRejectsKey = "";
-let state = null;
+let lastHistKey = "";
+let pending = null;
 
 function badge(el, cls, text) {
   el.className = "badge " + cls;
@@ -56,6 +57,9 @@ function renderStrip(s) {
 }
 
 function renderHistogram(s) {
+  const key = JSON.stringify([s.histogram, s.band]);
+  if (key === lastHistKey) return;  // redraw only what changed: the browser shares the station's CPU
+  lastHistKey = key;
   const cv = $("histogram");
   const ctx = cv.getContext("2d");
   const W = cv.width, H = cv.height, padL = 34, padB = 20, padT = 8;
@@ -134,7 +138,6 @@ function renderHealth(s) {
 }
 
 function render(s) {
-  state = s;
   $("station").textContent = s.station;
   $("bundle-id").textContent = s.bundle.id || "–";
   $("bundle-precision").textContent = `${s.bundle.backend} ${s.bundle.precision || ""}`;
@@ -183,10 +186,15 @@ async function act(action) {
 function connect() {
   const es = new EventSource("/api/stream");
   es.onopen = () => badge($("conn"), "on", "live");
-  es.onmessage = (ev) => { badge($("conn"), "on", "live"); render(JSON.parse(ev.data)); };
+  es.onmessage = (ev) => {
+    badge($("conn"), "on", "live");
+    pending = JSON.parse(ev.data);
+    if (!document.hidden) { render(pending); pending = null; }  // a hidden tab renders when shown
+  };
   es.onerror = () => badge($("conn"), "bad", "disconnected");  // EventSource retries by itself
 }
 
+document.addEventListener("visibilitychange", () => { if (!document.hidden && pending) { render(pending); pending = null; } });
 document.querySelectorAll("button[data-action]").forEach((b) => b.addEventListener("click", () => act(b.dataset.action)));
 $("modal-close").addEventListener("click", () => { $("modal").hidden = true; });
 $("modal").addEventListener("click", (e) => { if (e.target === $("modal")) $("modal").hidden = true; });
