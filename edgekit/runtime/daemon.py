@@ -401,7 +401,7 @@ class Daemon:
         j = info.get("jitter")
         if not j:
             return
-        for q, k in (("0.5", "p50_s"), ("0.99", "p99_s"), ("1", "max_s")):
+        for q, k in (("p50", "p50_s"), ("p99", "p99_s"), ("max", "max_s")):
             self.metrics.timer_jitter.labels(q).set(j[k])
         tol_s = self.cfg.scheduler.tolerance_ms / 1e3
         emit(self.log, logging.INFO, "timer_jitter", p50_ms=round(j["p50_s"] * 1e3, 3),

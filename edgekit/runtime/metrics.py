@@ -43,8 +43,9 @@ class Metrics:
         self.placement_error = Histogram("edgekit_placement_error_seconds", "Pulse start minus its target time",
                                          buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05),
                                          registry=r)
+        # label "stat" (p50/p99/max), not "quantile": that label is reserved for summaries (promtool check metrics)
         self.timer_jitter = Gauge("edgekit_timer_jitter_seconds", "Line-process wake-up lateness measured at "
-                                  "startup, by quantile", ["quantile"], registry=r)
+                                  "startup: p50, p99, max", ["stat"], registry=r)
         self.events_written = Counter("edgekit_events_written", "Rows committed to the event log", registry=r)
         self.archive_skipped = Counter("edgekit_archive_skipped", "Archive images skipped (queue full)", registry=r)
         self.bundle_swaps = Counter("edgekit_bundle_swaps", "Bundle reloads", ["result"], registry=r)
