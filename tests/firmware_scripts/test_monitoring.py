@@ -6,6 +6,7 @@ one the daemon exports, and a real Prometheus scraping that daemon evaluates eve
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -307,3 +308,30 @@ def test_prometheus_scrapes_the_station_and_evaluates_every_expression(tmp_path:
     finally:
         prom.terminate()
         prom.communicate(timeout=30)
+
+
+def test_bundle_info_names_one_bundle_and_archive_gauges_read_at_scrape(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from edgekit.runtime.archive import Archive
+    from edgekit.runtime.metrics import Metrics
+
+    m = Metrics()
+    m.set_bundle("fabric-0041", "fabric-0041:int8")
+    m.set_bundle("fabric-0042", "fabric-0042:int8")  # a hot swap replaces the series
+    snap = m.snapshot()
+    assert [k for k in snap if k.startswith("edgekit_bundle_info")] == [
+        "edgekit_bundle_info{bundle_id=fabric-0042,model_id=fabric-0042:int8}"]
+    (tmp_path / "arch").mkdir()
+    (tmp_path / "arch" / "old.jpg").write_bytes(b"x" * 1234)  # left by an earlier run
+    arch = Archive(SimpleNamespace(dir=str(tmp_path / "arch"), quota_mb=1.0, queue=4, format="jpg", heatmap=False))
+    arch.open()
+    try:
+        m.watch_archive(arch)
+        snap = m.snapshot()
+        assert snap["edgekit_archive_bytes"] == 1234.0 and snap["edgekit_archive_quota_bytes"] == 1024 * 1024
+        assert snap["edgekit_archive_disk_free_bytes"] == pytest.approx(shutil.disk_usage(tmp_path).free, rel=0.01)
+        shutil.rmtree(tmp_path / "arch")
+        assert math.isnan(m.snapshot()["edgekit_archive_disk_free_bytes"])  # folder gone: NaN, the scrape still works
+    finally:
+        arch.close()
