@@ -152,6 +152,8 @@ class EventTail:
             self.notes.appendleft({"t": t, "kind": kind, "message": msg})
             if kind == "bundle_refused":
                 self.fault = "bundle refused (FAULT_CODE 5): " + msg
+            elif kind.endswith("_fault"):  # encoder_fault, ...: latched like the PLC's FAULT bit
+                self.fault = kind.replace("_", " ") + ": " + msg
             elif kind == "control" and msg.startswith("reset_fault") and ": ok:" in msg:
                 self.fault = None
         return bool(rows)

@@ -84,6 +84,9 @@ def test_fault_from_notes(log: EventLog) -> None:
     log.note("r", "control", "reset_fault from operator page 127.0.0.1: ok: latched faults cleared on every output")
     tail.poll()
     assert tail.fault is None and tail.notes[0]["kind"] == "control"
+    log.note("r", "encoder_fault", "channel A lost")
+    tail.poll()
+    assert tail.fault == "encoder fault: channel A lost"
     tail.close()
 
 
