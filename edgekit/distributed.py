@@ -157,6 +157,8 @@ class Dist:
         import torch.distributed as dist
 
         for t in module.state_dict().values():
+            if t.numel() == 0:  # e.g. score statistics before their fit: nothing to send
+                continue
             buf = self._comm(t)
             dist.broadcast(buf, src=0)
             if buf is not t:
