@@ -37,6 +37,7 @@ from edgekit.errors import BundleError, ConfigError, DataError
 from edgekit.methods import METHODS
 from edgekit.methods.base import AnomalyModel
 from edgekit.methods.rd.scoring import DistillationModel
+from edgekit.paths import canonical
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,7 @@ def _train(ctx: Dist, recipe_path: str | Path, data_dirs: str | Path | Sequence[
         "data": {"dirs": [str(Path(d).resolve()) for d in data_dirs], "hash": data_hash,
                  "n_train_images": len(train_paths), "n_val_images": len(val_paths),
                  "n_train_tiles": int(len(train_tiles)), "n_val_tiles": int(len(val_tiles)),
-                 "val_images": [str(p) for p in val_paths], "skipped": skipped + skipped_v},
+                 "val_images": [str(canonical(p)) for p in val_paths], "skipped": skipped + skipped_v},
         "epochs_done": history[-1]["epoch"] if history else 0, "stopped_early": stopped_early,
         "train_time_s": round(t_spent, 1), "device": dev.type, "history": history,
         "method_facts": facts, "calibration": calibration,
@@ -489,6 +490,25 @@ def _sum_over_ranks(ctx: Dist, sums: dict[str, float], n: int) -> tuple[dict[str
     return {k: float(v) for k, v in zip(keys, t[1:].tolist())}, int(t[0].item())
 
 
+def run_val_images(info: dict[str, Any], run_dir: str | Path, existing_only: bool = True) -> list[Path]:
+    """The run's held-out images as absolute paths. Runs record them absolute and resolved; runs
+    from before that recorded them as given (relative to wherever training ran): those are
+    found relative to the run's data folders, the run folder's parent or the current folder."""
+    out = []
+    dirs = [Path(d) for d in info.get("data", {}).get("dirs", [])]
+    for v in info.get("data", {}).get("val_images", []):
+        p = Path(v)
+        if not p.is_absolute():
+            for base in (Path.cwd(), Path(run_dir).resolve().parent, *dirs, *[d.parent for d in dirs]):
+                if (base / p).is_file():
+                    p = base / p
+                    break
+        p = canonical(p)
+        if p.is_file() or not existing_only:
+            out.append(p)
+    return out
+
+
 def rescore_run(run_dir: str | Path, layer_norm: str | None = None, device: str = "cpu",
                 quiet: bool = False) -> dict[str, Any]:
     """Refit a finished run's score statistics and provisional threshold with the current scorer,
@@ -508,7 +528,8 @@ def rescore_run(run_dir: str | Path, layer_norm: str | None = None, device: str 
     tr = recipe.train
     dirs = info.get("data", {}).get("dirs") or []
     train_paths, val_paths, data_hash = training_split(dirs, tr)
-    if data_hash != info["data"].get("hash") or [str(p) for p in val_paths] != info["data"].get("val_images"):
+    if data_hash != info["data"].get("hash") or [str(canonical(p)) for p in val_paths] != \
+            [str(p) for p in run_val_images(info, run, existing_only=False)]:
         raise DataError(f"{run}: the training images in {', '.join(dirs)} changed since this run was trained; "
                         f"retrain (`edgekit train {run / 'recipe.yaml'} --data ...`)")
     dev = _resolve_device(device)

@@ -204,7 +204,7 @@ def dataset_hash(paths: Sequence[str | os.PathLike[str]], root: str | os.PathLik
                     tail = f.read()
         except OSError as exc:
             raise DataError(f"{rp}: cannot read file for hashing ({exc.strerror}); check the dataset") from None
-        h.update(rel.encode("utf-8") + b"\0" + str(size).encode() + b"\0")
+        h.update(os.fsencode(rel) + b"\0" + str(size).encode() + b"\0")  # bytes: any file name
         h.update(hashlib.sha256(head).digest())
         h.update(hashlib.sha256(tail).digest())
     return "sha256:" + h.hexdigest()

@@ -391,9 +391,11 @@ def _run_info_for(model_dir: Path) -> dict[str, Any] | None:
     for c in cands:
         if c.is_file():
             try:
-                return json.loads(c.read_text(encoding="utf-8"))
+                info = json.loads(c.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 return None
+            info["_path"] = str(c.parent)  # where the run is (old runs' relative paths)
+            return info
     return None
 
 
@@ -414,9 +416,10 @@ def collect_images(data_dir: str | Path, run_info: dict[str, Any] | None) -> Cal
     val = []
     if run_info:
         rroot = root.resolve()
-        for v in run_info.get("data", {}).get("val_images", []):
-            vp = Path(v)
-            if vp.is_file() and rroot in vp.resolve().parents:
+        from edgekit.train import run_val_images
+
+        for vp in run_val_images(run_info, run_info.get("_path", Path.cwd())):
+            if rroot in vp.parents:
                 val.append(vp)
     if val:
         sources["run held-out train/good"] = len(val)

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit.errors import DataError
 from edgekit.evaluate.metrics import EvalResult, ImageRecord, compute_metrics, pr_curve, roc_curve
+from edgekit.paths import shown
 
 GOOD_COLOR = "#2b7bba"
 DEFECT_COLOR = "#d7301f"
@@ -243,9 +244,9 @@ def _gallery(title: str, note: str, recs: list[ImageRecord], accept: float | Non
     for r in recs:
         dec = _decision(r.score, accept, reject)
         cards.append(
-            f"<figure class='card'><img alt='{html.escape(Path(r.path).name)}' src='{_card_png(r, vmin, vmax)}'>"
+            f"<figure class='card'><img alt='{html.escape(shown(Path(r.path).name))}' src='{_card_png(r, vmin, vmax)}'>"
             f"<figcaption><b>{html.escape(r.defect_type)}</b> · score <b>{r.score:.4g}</b> · "
-            f"<span class='dec {dec}'>{dec}</span><br><span class='path'>{html.escape(str(r.path))}</span>"
+            f"<span class='dec {dec}'>{dec}</span><br><span class='path'>{html.escape(shown(r.path))}</span>"
             "</figcaption></figure>"
         )
     return f"<h3>{html.escape(title)}</h3><p class='note'>{note}</p><div class='gallery'>{''.join(cards)}</div>"
@@ -428,5 +429,5 @@ def write_report(path: str | Path, result: EvalResult, metrics: dict[str, Any] |
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc, encoding="utf-8")
+    out.write_text(doc, encoding="utf-8", errors="backslashreplace")  # any name left: \udcXX, no crash
     return out
