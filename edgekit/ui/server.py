@@ -119,6 +119,9 @@ class UiServer:
         end = time.monotonic() + 10.0
         while not self._server.started and time.monotonic() < end and self._threads[0].is_alive():
             time.sleep(0.01)
+        if not self._server.started:
+            self.stop(flush_s=0.0)
+            raise OSError(f"the page server did not start on {host}:{self.port}")
         return self.port
 
     def stop(self, flush_s: float = 1.0) -> None:

@@ -175,7 +175,8 @@ class EventTail:
 
     def histogram(self, bins: int, accept_edge: float | None, reject_edge: float | None) -> dict[str, Any]:
         """Scores in the window binned over a range that always includes the band."""
-        vals = np.fromiter((s for _, s in self.scores if math.isfinite(s)), dtype=np.float64)
+        vals = np.array([s for _, s in self.scores], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
         marks = [v for v in (accept_edge, reject_edge) if v is not None and math.isfinite(v)]
         pool = np.concatenate([vals, np.asarray(marks, dtype=np.float64)]) if marks else vals
         if pool.size == 0:
@@ -210,6 +211,8 @@ class LineView:
         self._out_errors: dict[str, tuple[float, float | None]] = {}
         self._archive_written = -1
         self._archive_items: list[dict[str, Any]] = []
+        self._hist: tuple[int, float, dict[str, Any] | None] = (-1, 0.0, None)  # (version, computed at, histogram)
+        self.hist_every_s = 2.0  # an hour of scores (100k at 30 parts/s) is binned at most this often
 
     def close(self) -> None:
         self.tail.close()
@@ -248,6 +251,13 @@ class LineView:
             ev = self.tail.by_part.get(it["part_id"])
             out.append({**it, "score": ev["score"] if ev else None})
         return out
+
+    def _histogram(self, band: dict[str, Any], now_m: float, force: bool) -> dict[str, Any]:
+        version, at, hist = self._hist
+        if hist is None or force or (version != self.tail.version and now_m - at >= self.hist_every_s):
+            hist = self.tail.histogram(self.cfg.histogram_bins, band.get("accept_edge"), band.get("reject_edge"))
+            self._hist = (self.tail.version, now_m, hist)
+        return hist
 
     def snapshot(self, final: bool = False) -> dict[str, Any]:
         """The page state; ``final``: the daemon is shutting down (its last commit is in)."""
@@ -321,7 +331,7 @@ class LineView:
                 "outputs": outputs,
             },
             "rejects": self._archive(),
-            "histogram": t.histogram(self.cfg.histogram_bins, band.get("accept_edge"), band.get("reject_edge")),
+            "histogram": self._histogram(band, now_m, final),
             "notes": list(t.notes)[:8],
             "actions": {"token_required": True},
         }

@@ -2,6 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const esc = (v) => String(v).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const fmt = (v, d = 3) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : Number(v).toFixed(d);
 let lastRejectsKey = "";
 let lastHistKey = "";
@@ -51,7 +52,7 @@ function renderStrip(s) {
   const color = { accept: "#2ea043", reject: "#e5534b", review: "#d4a72c", failsafe: "#a371f7" };
   s.recent.forEach((d, i) => {
     const v = (d.score === null || d.score === undefined) ? hi : d.score;
-    out += `<circle cx="${x(i)}" cy="${y(v)}" r="4" fill="${color[kindClass(d)]}"><title>part ${d.part_id}: ${d.kind} ${fmt(d.score, 4)}</title></circle>`;
+    out += `<circle cx="${x(i)}" cy="${y(v)}" r="4" fill="${color[kindClass(d)]}"><title>part ${d.part_id}: ${esc(d.kind)} ${fmt(d.score, 4)}</title></circle>`;
   });
   svg.innerHTML = out;
 }
@@ -128,13 +129,13 @@ function openModal(f, r) {
 function renderHealth(s) {
   const c = s.health.camera, b = s.health.backend;
   const cls = (st) => st === "ok" ? "ok" : (st === "error" ? "err" : "warn");
-  $("h-camera").innerHTML = `<span class="${cls(c.state)}">${c.state}</span> · ${c.name} (${c.type}) · ${c.frames} frames` +
+  $("h-camera").innerHTML = `<span class="${cls(c.state)}">${esc(c.state)}</span> · ${esc(c.name)} (${esc(c.type)}) · ${c.frames} frames` +
     (c.last_frame_s !== null ? ` · last ${fmt(c.last_frame_s, 0)} s ago` : "") +
     ` · reconnects ${c.reconnects} · missed ${c.missed}`;
-  $("h-backend").innerHTML = `<span class="${cls(b.state)}">${b.state}</span> · ${b.type} · ${b.model_id || "–"}` +
+  $("h-backend").innerHTML = `<span class="${cls(b.state)}">${esc(b.state)}</span> · ${esc(b.type)} · ${esc(b.model_id || "–")}` +
     ` · infer ${fmt(b.infer_ms_mean, 1)} ms · capture→decision ${fmt(b.e2e_ms_mean, 1)} ms · errors ${b.errors}`;
   $("h-outputs").innerHTML = s.health.outputs.map((o) =>
-    `<div data-output="${o.name}"><span class="${cls(o.state)}">${o.state}</span> · ${o.name} (${o.type}) · errors ${o.errors}</div>`).join("");
+    `<div data-output="${esc(o.name)}"><span class="${cls(o.state)}">${esc(o.state)}</span> · ${esc(o.name)} (${esc(o.type)}) · errors ${o.errors}</div>`).join("");
 }
 
 function render(s) {
@@ -156,7 +157,7 @@ function render(s) {
   $("review").textContent = s.counts.review;
   $("failsafe-total").textContent = s.counts.failsafe;
   $("failsafe-reasons").innerHTML = Object.entries(s.failsafe_by_reason)
-    .map(([k, v]) => `<li data-reason="${k}" data-count="${v}">${k}: ${v}</li>`).join("");
+    .map(([k, v]) => `<li data-reason="${esc(k)}" data-count="${v}">${esc(k)}: ${v}</li>`).join("");
   $("accept-edge").textContent = fmt(s.band.accept_edge, 4);
   $("reject-edge").textContent = fmt(s.band.reject_edge, 4);
   renderStrip(s);
@@ -164,7 +165,7 @@ function render(s) {
   renderHistogram(s);
   renderHealth(s);
   $("notes").innerHTML = s.notes.map((n) =>
-    `<li>${new Date(n.t * 1000).toLocaleTimeString()} ${n.kind}: ${n.message.replace(/</g, "&lt;")}</li>`).join("");
+    `<li>${new Date(n.t * 1000).toLocaleTimeString()} ${esc(n.kind)}: ${esc(n.message)}</li>`).join("");
   document.body.dataset.version = s.version;
 }
 
