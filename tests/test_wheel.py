@@ -8,6 +8,7 @@ needs no network and no second multi-GB torch install. The checkout is never on 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -34,7 +35,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for f in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / f, src / f)
     out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+    # offline when this venv has setuptools (the build backend); else pip fetches it for an isolated build
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(out), str(src)],
          src, dict(os.environ))
     (whl,) = out.glob("edgekit-*.whl")
     return whl
