@@ -217,7 +217,7 @@ OUTPUTS: dict[str, str] = {
   - type: modbus_server   # the PLC polls this station (Modbus TCP server; register map: docs/plc.md)
     name: modbus_server
     host: 127.0.0.1       # the PLC's network: 0.0.0.0 or this station's address on it
-    port: 502             # below 1024 needs CAP_NET_BIND_SERVICE (the systemd unit grants it)
+    port: 502             # below 1024 needs CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit; docs/plc.md)
     fifo_depth: 16        # results kept for a PLC that polls slowly
     word_order: ABCD      # 32-bit values; CDAB for PLCs that want the low word first
 """,
