@@ -182,16 +182,19 @@ def calibrate(model_dir: str, data_dir: str, frr: float, confidence: float, meth
                    "weights, more accurate but only for CPUs with VNNI (AVX512-VNNI/AVX-VNNI) or ARM (without "
                    "VNNI u8s8 products saturate). Default: what the build host can run (recorded; the daemon "
                    "warns on a CPU without VNNI).")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None, metavar="KEY",
+              help="Sign the manifest with this Ed25519 private key (edgekit keys new): manifest.sig beside it; "
+                   "stations with a trust list load only bundles signed by a key they trust.")
 @_handle_errors
 def build(model_dir: str, target: str, bundle_dir: str | None, precision: str, calib_data: str | None,
           eval_data: str | None, allow_degraded: bool, engine_only: bool, archive: bool,
-          int8_reduce_range: bool | None) -> None:
+          int8_reduce_range: bool | None, sign_key: str | None) -> None:
     """Compile a RUN_DIR into a bundle (ONNX with scoring fused, FP16/INT8, manifest, hashes)."""
     from edgekit.compile.build import build_cli
 
     build_cli(model_dir, target=target, bundle_dir=bundle_dir, precision=precision, calib_data=calib_data,
               eval_data=eval_data, allow_degraded=allow_degraded, engine_only=engine_only, archive=archive,
-              int8_reduce_range=int8_reduce_range)
+              int8_reduce_range=int8_reduce_range, sign=sign_key)
 
 
 @main.command()
@@ -398,14 +401,72 @@ def doctor(config: str | None, as_json: bool, bundle_dir: str | None, bundle_onl
 
 
 @main.command("verify-bundle")
-@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.argument("bundle_dir", required=False, type=click.Path())
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Deploy config: verify the bundle it names (unless BUNDLE_DIR is given) with its trust: list.")
+@click.option("--trust", "trust", multiple=True, type=click.Path(), metavar="KEY.pub",
+              help="Trusted public key (file, or folder of *.pub); repeatable. With any, the bundle must be signed by one.")
 @_handle_errors
-def verify_bundle(bundle_dir: str) -> None:
-    """Check BUNDLE_DIR's manifest schema and every file's sha256 (exit 2 if it is refused)."""
+def verify_bundle(bundle_dir: str | None, config: str | None, trust: tuple[str, ...]) -> None:
+    """Check a bundle's manifest schema, every file's sha256 and, with a trust list, its signature (exit 2 if refused)."""
     from edgekit.bundle.io import load_bundle
+    from edgekit.bundle.signing import load_trust, read_signature
+    from edgekit.errors import ConfigError
 
-    b = load_bundle(bundle_dir)
-    click.echo(f"{bundle_dir}: bundle {b.bundle_id} ({b.method}) ok, {len(b.manifest['files'])} files verified")
+    entries = list(trust)
+    if config is not None:
+        from edgekit.config.run import load_run_config
+
+        cfg = load_run_config(config)
+        bundle_dir = bundle_dir or cfg.bundle
+        entries += cfg.trust
+    if bundle_dir is None:
+        raise ConfigError("verify-bundle: give BUNDLE_DIR, or --config CONFIG.yaml to verify the bundle it names")
+    keys = load_trust(entries)
+    b = load_bundle(bundle_dir, trust=keys)
+    line = f"{bundle_dir}: bundle {b.bundle_id} ({b.method}) ok, {len(b.manifest['files'])} files verified"
+    if b.signed_by is not None:
+        k = next(k for k in keys if k.key_id == b.signed_by)
+        click.echo(f"{line}, signature by trusted key {k.key_id} ({k.path}) verified")
+        return
+    click.echo(line)
+    sig = read_signature(b.path)
+    click.echo(f"warning: signature not checked ({'signed by key ' + sig['key_id'] if sig else 'unsigned'}): no trust "
+               "list; pass --trust KEY.pub or --config with trust: to refuse bundles not signed by your key", err=True)
+
+
+# ----------------------------------------------------------------------------- signing keys
+@main.group()
+def keys() -> None:
+    """Ed25519 keys that sign bundles (build --sign KEY) and the stations' trust: lists."""
+
+
+@keys.command("new")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for NAME.key (private, mode 0600: keep it off stations) and NAME.pub (for trust:).")
+@click.option("--name", default="edgekit", show_default=True, help="File name stem of the key pair.")
+@_handle_errors
+def keys_new(out_dir: str, name: str) -> None:
+    """Create a signing key pair (never overwrites an existing one)."""
+    from edgekit.bundle.signing import new_keypair
+
+    key, pub, kid = new_keypair(out_dir, name)
+    click.echo(f"key {kid}: private {key} (0600; sign with `edgekit build RUN_DIR --sign {key}`), "
+               f"public {pub} (copy it to each station and list it under trust: in the deploy config)")
+
+
+@keys.command("sign")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False), help="Private key (NAME.key).")
+@_handle_errors
+def keys_sign(bundle_dir: str, key_path: str) -> None:
+    """Sign an existing BUNDLE_DIR (after --engine-only, or a bundle built without --sign); verifies it first."""
+    from edgekit.bundle.io import load_bundle
+    from edgekit.bundle.signing import load_private_key, sign_bundle
+
+    load_bundle(bundle_dir)  # never sign a tampered or broken bundle
+    sig = sign_bundle(bundle_dir, load_private_key(key_path), key_path)
+    click.echo(f"{bundle_dir}: manifest.json signed with key {sig['key_id']} -> manifest.sig")
 
 
 @main.command()

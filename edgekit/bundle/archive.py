@@ -1,6 +1,6 @@
 """Single-file bundles: ``NAME.edgekit`` is an uncompressed tar whose first member is
-``manifest.json`` followed by exactly the files it lists (ONNX weights and engines barely
-compress, and a plain tar streams). Reading checks the manifest's format version before
+``manifest.json`` (then ``manifest.sig`` when the bundle is signed) followed by exactly the files
+it lists (ONNX weights and engines barely compress, and a plain tar streams). Reading checks the manifest's format version before
 anything is extracted, extracts only the listed plain files into a cache directory, and then
 verifies every sha256 like a bundle directory."""
 
@@ -19,6 +19,7 @@ from edgekit.errors import BundleError
 
 ARCHIVE_SUFFIX = ".edgekit"
 MANIFEST = "manifest.json"
+SIG_FILE = "manifest.sig"  # edgekit.bundle.signing.SIG_FILE (a test checks)
 
 
 def cache_root() -> Path:
@@ -42,7 +43,8 @@ def pack_archive(bundle_dir: str | Path, out_file: str | Path) -> Path:
     os.close(fd)
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name in [MANIFEST, *bundle.manifest["files"]]:
+            sig = [SIG_FILE] if (bundle.path / SIG_FILE).is_file() else []  # signature travels with it
+            for name in [MANIFEST, *sig, *bundle.manifest["files"]]:
                 info = tar.gettarinfo(str(bundle.path / name), arcname=name)
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
@@ -100,14 +102,16 @@ def unpack_archive(archive: str | Path, cache_dir: str | Path | None = None) -> 
             for member in tar:
                 if member.offset == first.offset:  # iteration restarts at the manifest
                     continue
-                # only plain files named in the manifest, never paths: no traversal, no links
-                if not member.isfile() or member.name not in listed or "/" in member.name or member.name in seen:
+                # only plain files named in the manifest (and its signature), never paths: no
+                # traversal, no links
+                if not member.isfile() or member.name not in listed | {SIG_FILE} or "/" in member.name \
+                        or member.name in seen:
                     raise BundleError(f"{src}: unexpected archive member {member.name!r}; re-create the archive")
                 seen.add(member.name)
                 data = tar.extractfile(member)
                 with open(tmp / member.name, "wb") as out:
                     shutil.copyfileobj(data, out)  # type: ignore[arg-type]
-            missing = listed - seen
+            missing = listed - seen - {SIG_FILE}
             if missing:
                 raise BundleError(f"{src}: archive lacks {', '.join(sorted(missing))}; re-create it")
             if dest.exists():

@@ -52,6 +52,8 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
+    # key id of the trusted key whose signature was checked (manifest.sig); None: not checked
+    signed_by: str | None = None
 
     @property
     def bundle_id(self) -> str:
@@ -97,9 +99,13 @@ def verify_files(path: Path, manifest: dict[str, Any]) -> None:
             )
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+def load_bundle(path: str | Path, verify: bool = True, trust: list[Any] | None = None) -> Bundle:
     """Open a bundle directory or a ``.edgekit`` archive (unpacked to the cache first): schema
-    check + upgrade, then sha256 of every file."""
+    check + upgrade, then sha256 of every file.
+
+    ``trust``: trusted public keys (``signing.load_trust``); when given (non-empty) the bundle
+    must carry a ``manifest.sig`` made by one of them over the manifest bytes read here, checked
+    before anything else in the manifest is used (BundleError otherwise)."""
     p = Path(path)
     if p.is_file():
         from edgekit.bundle.archive import is_archive, unpack_archive
@@ -112,8 +118,14 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"{p}: bundle directory not found; build one with `edgekit build RUN_DIR --out {p}`")
     if not mf.is_file():
         raise BundleError(f"{p}: no {MANIFEST}; this is not a bundle (build one with `edgekit build`)")
+    data = mf.read_bytes()  # read once: the signature is checked on exactly the bytes parsed
+    signed_by = None
+    if trust:
+        from edgekit.bundle.signing import verify_signature
+
+        signed_by = verify_signature(p, data, trust).key_id
     try:
-        raw = json.loads(mf.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mf}: unreadable manifest ({exc.__class__.__name__}); copy the bundle again") from None
     if not isinstance(raw, dict):
@@ -121,7 +133,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     manifest = upgrade(raw, str(mf))
     if verify:
         verify_files(p, manifest)
-    return Bundle(p, manifest)
+    return Bundle(p, manifest, signed_by)
 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
@@ -134,3 +146,6 @@ def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
     manifest["files"] = files
     upgrade(manifest)  # refuse to write something we could not read back
     write_json_atomic(p / MANIFEST, manifest)
+    # a signature over the previous manifest no longer holds: remove it rather than ship a
+    # bundle that a station with a trust list refuses as "forged" (sign again: edgekit keys sign)
+    (p / "manifest.sig").unlink(missing_ok=True)

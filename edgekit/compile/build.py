@@ -150,7 +150,8 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
                  precisions: Sequence[str] = ("fp32",), calib_data: str | Path | None = None,
                  eval_data: str | Path | None = None, allow_degraded: bool = False, archive: bool = False,
                  calib_max_tiles: int = 96, eval_max_images: int | None = None, int8_exclude_stem: bool = False,
-                 int8_reduce_range: bool | None = None, trt: Any = None, cudart: Any = None) -> Path:
+                 int8_reduce_range: bool | None = None, trt: Any = None, cudart: Any = None,
+                 sign_key: str | Path | None = None) -> Path:
     """Compile a run into a bundle directory (replaced atomically if it exists).
 
     Args:
@@ -163,17 +164,20 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
         int8_reduce_range: 7-bit int8 weights (see ``quantize_int8``); None: for the cpu target,
             on unless the build host has VNNI (or is ARM); recorded with its reason.
         archive: also write ``<bundle_dir>.edgekit`` (single-file tar, manifest first).
+        sign_key: Ed25519 private key file (``edgekit keys new``): ``manifest.sig`` is written
+            over the final manifest before the bundle appears (``edgekit.bundle.signing``).
         trt / cudart: tensorrt and cuda-python runtime modules for ``--target jetson`` on the
             device (default: imported there; tests pass fakes).
     Returns: the bundle directory."""
     from edgekit.train import load_run
 
     keys = parse_precisions(precisions)
+    out = Path(bundle_dir)
+    signer = _signer(sign_key, out)  # a bad key is refused before minutes of building
     run = load_run(run_dir, "cpu")
     cal = run.info.get("calibration") or {}
     if cal.get("accept_edge") is None or cal.get("reject_edge") is None:
         raise BundleError(f"{run_dir}: run has no thresholds; run `edgekit calibrate {run_dir} --data DIR` first")
-    out = Path(bundle_dir)
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -181,6 +185,12 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
         manifest = _build_into(run, Path(run_dir), tmp, out, target, keys, calib_data, eval_data, allow_degraded,
                                calib_max_tiles, eval_max_images, int8_exclude_stem, int8_reduce_range, trt, cudart, quiet,
                                cal)
+        if signer is not None:  # over the manifest just written and read back; before the bundle appears
+            from edgekit.bundle.signing import sign_bundle
+
+            sig = sign_bundle(tmp, signer)
+            if not quiet:
+                print(f"signed manifest.json with key {sig['key_id']} ({sign_key}) -> manifest.sig")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a refused build leaves no half bundle behind
         raise
@@ -201,6 +211,20 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
     if not quiet:
         print(f"bundle written to {out} (id {manifest['bundle_id']}, target {target}, models {', '.join(manifest['models'])})")
     return out
+
+
+def _signer(sign_key: str | Path | None, out: Path) -> Any:
+    """The private key for ``--sign`` (None without it); refused when it lies inside the bundle
+    being written (it would be shipped, or deleted with the old bundle)."""
+    if sign_key is None:
+        return None
+    from edgekit.bundle.signing import load_private_key
+
+    k = Path(sign_key).resolve()
+    if k == out.resolve() or out.resolve() in k.parents:
+        raise ConfigError(f"--sign {sign_key}: the private key lies inside the bundle directory {out}; keep it "
+                          "outside (a private key must never travel with a bundle)")
+    return load_private_key(k)
 
 
 def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys: list[str], calib_data: Any,
@@ -391,15 +415,26 @@ def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = 
 
 def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None, precision: str = "fp32",
               calib_data: str | None = None, eval_data: str | None = None, allow_degraded: bool = False,
-              engine_only: bool = False, archive: bool = False, int8_reduce_range: bool | None = None) -> None:
-    """`edgekit build`: a run directory → bundle; with ``--engine-only`` a bundle → its engines."""
+              engine_only: bool = False, archive: bool = False, int8_reduce_range: bool | None = None,
+              sign: str | None = None) -> None:
+    """`edgekit build`: a run directory → bundle; with ``--engine-only`` a bundle → its engines.
+    ``sign``: private key file; the bundle's manifest is signed (``manifest.sig``)."""
     if engine_only:
         if target != "jetson":
             raise ConfigError("--engine-only builds TensorRT engines: pass --target jetson (on the device)")
         if not (Path(model_dir) / "manifest.json").is_file():
             raise BundleError(f"{model_dir}: --engine-only needs a bundle directory (with manifest.json)")
         precisions = None if precision == "fp32" else [p for p in parse_precisions(precision) if p != "fp32"] or None
+        signer = _signer(sign, Path(model_dir))
+        had_sig = (Path(model_dir) / "manifest.sig").is_file()
         build_engines_in(model_dir, precisions)
+        if signer is not None:
+            from edgekit.bundle.signing import sign_bundle
+
+            print(f"signed manifest.json with key {sign_bundle(model_dir, signer)['key_id']} -> manifest.sig")
+        elif had_sig:
+            print(f"note: the manifest changed, so its old signature was removed; sign it again with "
+                  f"`edgekit keys sign {model_dir} --key KEY` (a station with a trust list refuses it unsigned)")
         if archive:
             from edgekit.bundle.archive import pack_archive
 
@@ -410,4 +445,4 @@ def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None
     out = bundle_dir or str(Path(model_dir).with_name(Path(model_dir).name + "-bundle"))
     build_bundle(model_dir, out, target=target, precisions=parse_precisions(precision), calib_data=calib_data,
                  eval_data=eval_data, allow_degraded=allow_degraded, archive=archive,
-                 int8_reduce_range=int8_reduce_range)
+                 int8_reduce_range=int8_reduce_range, sign_key=sign)

@@ -145,6 +145,10 @@ class RunConfig(StrictModel):
     log: LogConfig = LogConfig()
     ui: UiConfig = UiConfig()  # operator page (edgekit/ui, extra [ui])
     watch_bundle: bool = False  # reload when bundle/manifest.json changes (besides SIGHUP)
+    # public keys (NAME.pub files, or folders of *.pub; relative to this file) whose signature
+    # (manifest.sig) a bundle must carry to be loaded, at start and on every hot swap; empty: any
+    # intact bundle is loaded (warned once at start). edgekit keys new / build --sign KEY
+    trust: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -176,6 +180,7 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     if cfg.source.type == "sim":
         upd["source"] = cfg.source.model_copy(update={"dataset": fix(cfg.source.dataset)})
     upd["events"] = cfg.events.model_copy(update={"path": fix(cfg.events.path)})
+    upd["trust"] = [fix(t) for t in cfg.trust]
     upd["archive"] = cfg.archive.model_copy(update={"dir": fix(cfg.archive.dir)})
     # files an output keeps (the MQTT outbox) sit next to the config unless given absolute
     upd["outputs"] = [o.model_copy(update={"outbox_path": fix(o.outbox_path)}) if hasattr(o, "outbox_path") else o

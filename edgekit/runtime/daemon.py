@@ -51,6 +51,7 @@ from edgekit.runtime.logs import emit, setup_logging
 from edgekit.runtime.metrics import Metrics, MetricsServer
 from edgekit.runtime.outputs import OUTPUTS, Output
 from edgekit.runtime.outputs.gpio import FakeGpioChip
+from edgekit.runtime.outputs.modbus import ACK_MISSED
 from edgekit.runtime.preprocess import Preprocessor
 from edgekit.runtime.scheduler import RejectScheduler
 from edgekit.runtime.score import Scorer
@@ -201,6 +202,8 @@ class Daemon:
         self._enabled = True  # Daemon.control enable/disable: disabled = rejects logged, not pulsed
         self._suppressed: Counter[str] = Counter()  # pulses not fired while disabled, by role
         self._output_stats: dict[str, dict[str, float]] = {}  # each output's last ("stats", ...) report
+        self._trust: list[Any] = []  # trusted public keys (cfg.trust), read in start()
+        self._acks_missed: Counter[str] = Counter()  # results a PLC did not acknowledge, by output
 
     # ------------------------------------------------------------------ construction
     def _make_camera(self) -> Camera:
@@ -210,8 +213,9 @@ class Daemon:
         return cls(self.cfg.source)
 
     def build_pipeline(self, bundle_dir: str | Path, backend: Backend | None = None) -> Pipeline:
-        """Load and verify a bundle and build the stages that depend on it (file I/O here only)."""
-        bundle = load_bundle(bundle_dir)
+        """Load and verify a bundle (signature too when the config has a trust list) and build the
+        stages that depend on it (file I/O here only)."""
+        bundle = load_bundle(bundle_dir, trust=self._trust)
         bcfg = self.cfg.backend
         if backend is None:
             cls = BACKENDS.get(bcfg.type)
@@ -224,7 +228,11 @@ class Daemon:
         backend.load(bundle)
         d = self.cfg.decision
         self._warm_up(backend, bundle)
-        band = Band.resolve(bundle.thresholds, d.accept_edge, d.reject_edge)
+        key = getattr(bcfg, "precision", None) or "fp32"
+        if bcfg.type == "tensorrt":
+            key = f"trt-{key}"
+        band = Band.resolve(bundle.thresholds, d.accept_edge, d.reject_edge,
+                            model=bundle.models.get(key) or bundle.models.get(key.removeprefix("trt-")))
         p = self.cfg.preprocess
         expect = (p.expect_height, p.expect_width) if p.expect_height and p.expect_width else None
         pre = Preprocessor(bundle.preprocess, p.max_pixels, expect)
@@ -247,8 +255,12 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Load the bundle, open log, outputs, encoder and camera, start the threads."""
+        self._trust = self._load_trust()
         self.pipeline = self.build_pipeline(self.cfg.bundle, self._backend_given)
-        self.metrics.set_bundle(self.pipeline.bundle.bundle_id, self.pipeline.backend.model_id)
+        self._publish_bundle(self.pipeline)
+        self.metrics.precreate([self.camera.name], [o.name for o in self.output_specs],
+                               set().union(*(o.roles() for o in self.output_specs)) if self.output_specs else set(),
+                               [o.name for o in self.cfg.outputs if o.type == "modbus"])
         band = self.pipeline.decider.band
         if band.source == "config":
             self.notes.append(f"decision band overridden by config: accept_edge={band.accept_edge} "
@@ -257,8 +269,17 @@ class Daemon:
             if not type(o).can_pulse and "reject" in o.roles():
                 self.notes.append(f"output {o.name} cannot time pulses; the PLC times the reject from the result")
         self._check_capabilities()
+        if self.cfg.metrics.enabled:
+            # the port is taken before any output opens: a second daemon on a port in use stops
+            # here with one line (it must not run without metrics, nor touch the first's lines)
+            self._metrics_server = MetricsServer(self.metrics, self.health, self.cfg.metrics.host, self.cfg.metrics.port)
+            self.metrics_port = self._metrics_server.bind()
         self.line = LineProcess(self._line_spec(), self._on_line_message)
-        self.notes += self.line.start()
+        try:
+            self.notes += self.line.start()
+        except BaseException:
+            self._stop_metrics()
+            raise
         self._timer_check(self.line.info)
         try:
             self.event_log.open()
@@ -268,6 +289,7 @@ class Daemon:
         except BaseException:
             self.line.stop(0.0)
             self.event_log.close()
+            self._stop_metrics()
             raise
         if self.cfg.ui.enabled:  # before the belt moves: its start-up must not delay the first parts
             from edgekit.ui import start_ui
@@ -287,19 +309,15 @@ class Daemon:
         if self.archive is not None:
             self.archive.open()
             self.metrics.watch_archive(self.archive)
-        if self.cfg.metrics.enabled:
-            self._metrics_server = MetricsServer(self.metrics, self.health, self.cfg.metrics.host, self.cfg.metrics.port)
-            try:
-                self.metrics_port = self._metrics_server.start()
-            except OSError as exc:
-                self.notes.append(f"metrics endpoint disabled: {exc}")
-                self._metrics_server = None
+        if self._metrics_server is not None:
+            self._metrics_server.start()
         for n in self.notes:
             emit(self.log, logging.WARNING, "startup_note", note=n)
         emit(self.log, logging.INFO, "started", run_id=self.run_id, bundle_id=self.pipeline.bundle.bundle_id,
              model_id=self.pipeline.backend.model_id, accept_edge=band.accept_edge, reject_edge=band.reject_edge,
              band_source=band.source, source=self.camera.name, mode=self.cfg.scheduler.mode,
              events=str(self.event_log.path), metrics_port=self.metrics_port, ui_url=self.ui_url, line_pid=self.line.pid,
+             signed_by=self.pipeline.bundle.signed_by,
              config=self.cfg.model_dump(mode="json"))
         self._unpaced = not (self.camera.nominal_fps or self.camera.triggered)
         self._last_progress_ns = time.monotonic_ns()
@@ -312,6 +330,34 @@ class Daemon:
         self.line.set_band(band.accept_edge, band.reject_edge)
         self.line.set_line("ready", True)
         self._started = True
+
+    def _load_trust(self) -> list[Any]:
+        """The config's trusted public keys. Without a trust list a station (a camera source, not
+        a replay or simulation on the workstation) gets a note, logged once at start: hot swaps
+        and restarts load any intact bundle."""
+        if not self.cfg.trust:
+            if self.cfg.source.type in ("folder", "video", "sim"):
+                return []
+            self.notes.append("no trust list (trust: in the config): bundles are checked for integrity (sha256) "
+                              "but not for origin, so an unsigned or foreign bundle is loaded; add the signer's "
+                              "public key under trust: (edgekit keys new, edgekit build --sign KEY)")
+            return []
+        from edgekit.bundle.signing import load_trust
+
+        return load_trust(self.cfg.trust)
+
+    def _publish_bundle(self, pipe: Pipeline) -> None:
+        """``edgekit_bundle_info`` and ``edgekit_build_info`` for the pipeline now serving."""
+        model_id = pipe.backend.model_id
+        self.metrics.set_bundle(pipe.bundle.bundle_id, model_id)
+        precision = model_id.split(":", 1)[1] if ":" in model_id else str(getattr(self.cfg.backend, "precision", ""))
+        backend = self.cfg.backend.type if self._backend_given is None else type(self._backend_given).__name__
+        self.metrics.set_build(pipe.bundle.bundle_id, precision, backend)
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
 
     def _line_spec(self) -> dict[str, Any]:
         trig = getattr(self.cfg.source, "trigger", None)
@@ -368,6 +414,12 @@ class Daemon:
             self.control(msg[1], msg[2])
         elif kind == "stats":
             self._on_output_stats(msg[1], msg[2])
+        elif kind == "error" and str(msg[2]).startswith(ACK_MISSED):
+            # the PLC is connected but did not confirm a result: not a connection error
+            self.metrics.plc_acks_missed.labels(msg[1]).inc()
+            with self._lock:
+                self._acks_missed[msg[1]] += 1
+            emit(self.log, logging.WARNING, "plc_ack_missed", output=msg[1], error=msg[2])
         elif kind == "error":
             self.metrics.output_errors.labels(msg[1]).inc()
             with self._lock:
@@ -498,8 +550,7 @@ class Daemon:
         if self.pipeline is not None:
             self.pipeline.backend.close()
         self.event_log.close()
-        if self._metrics_server is not None:
-            self._metrics_server.stop()
+        self._stop_metrics()
         if self._ui is not None:  # after the last commit: the page shows the final counts
             self._ui.stop()
         self._stopped.set()
@@ -832,7 +883,7 @@ class Daemon:
             if self.line is not None:
                 self.line.set_band(new.decider.band.accept_edge, new.decider.band.reject_edge)
             self.metrics.bundle_swaps.labels("ok").inc()
-            self.metrics.set_bundle(new.bundle.bundle_id, new.backend.model_id)
+            self._publish_bundle(new)
             emit(self.log, logging.INFO, "bundle_swapped", bundle=str(path), bundle_id=new.bundle.bundle_id,
                  old_bundle_id=old.bundle.bundle_id if old else None)
             self._events_note("bundle_swapped", f"{path}: {new.bundle.bundle_id}")
@@ -883,6 +934,7 @@ class Daemon:
                 "frames_missed": self._frames_missed,
                 "camera_reconnects": self._reconnects,
                 "output_errors": dict(self._output_errors),
+                "plc_acks_missed": dict(self._acks_missed),
                 "events_committed": self._committed,
                 "latency": lat,
                 "log_path": str(self.event_log.path),
@@ -1016,7 +1068,9 @@ def run_cli(config: str | Path, check: bool = False, overrides: dict[str, Any] |
 
     cfg = load_run_config(config, overrides)
     if check:
-        bundle = load_bundle(cfg.bundle)
+        from edgekit.bundle.signing import load_trust
+
+        bundle = load_bundle(cfg.bundle, trust=load_trust(cfg.trust))
         Band.resolve(bundle.thresholds, cfg.decision.accept_edge, cfg.decision.reject_edge)
         CAMERAS.get(cfg.source.type)
         for o in cfg.outputs:

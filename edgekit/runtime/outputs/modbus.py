@@ -42,6 +42,9 @@ DECISION_CODES = {"accept": 1, "reject": 2, "review": 3}
 FAILSAFE_CODE = 4
 # failsafe reason → FAULT_CODE (docs/plc.md)
 FAULT_CODES = {"camera_down": 1, "missing_frame": 1, "backend_error": 2, "nan": 2, "late": 3, "overload": 3}
+# how a missed acknowledgement starts in pop_errors(): the daemon counts these apart from connection
+# errors (edgekit_plc_acks_missed_total vs edgekit_output_errors_total)
+ACK_MISSED = "PLC did not acknowledge result"
 
 
 class ModbusOutputConfig(StrictModel):
@@ -273,7 +276,7 @@ class ModbusOutput(Output):
                     self._pending_ack = None
                     self.acks_missed += 1
                     self.status |= ACK_TIMEOUT
-                    self._errors.append(f"PLC did not acknowledge result {seq} within {self.cfg.ack_timeout_ms} ms")
+                    self._errors.append(f"{ACK_MISSED} {seq} within {self.cfg.ack_timeout_ms} ms")
             lost = now - self.plc_heartbeat_changed_ns > self.cfg.plc_heartbeat_timeout_ms * 1e6
             if lost and not self._plc_link_lost:
                 self._errors.append(f"PLC heartbeat unchanged for {self.cfg.plc_heartbeat_timeout_ms:.0f} ms: "
