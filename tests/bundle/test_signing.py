@@ -222,3 +222,79 @@ def test_build_sign_writes_no_private_key_into_the_bundle(tiny_run: Path, tmp_pa
     assert r.exit_code == 2 and "inside the bundle directory" in r.stderr
     r = CliRunner().invoke(cli, ["build", str(tiny_run), "--out", str(tmp_path / "x"), "--sign", str(keys["pub"])])
     assert r.exit_code == 2 and "sign with the .key file" in r.stderr and not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- daemon
+def _run_config(tmp_path: Path, bundle: Path, trust: list[str]) -> dict:
+    import os
+    import time
+
+    import cv2
+    import numpy as np
+
+    (tmp_path / "frames").mkdir(exist_ok=True)
+    for i, v in enumerate((20, 200)):
+        cv2.imwrite(str(tmp_path / "frames" / f"f{i}.png"), np.full((40, 56, 3), v, np.uint8))
+    return {"bundle": str(bundle), "trust": trust,
+            "source": {"type": "folder", "path": str(tmp_path / "frames"), "rate_hz": 5, "loop": True},
+            "outputs": [{"type": "fake_gpio", "chip": f"sign-{os.getpid()}-{time.monotonic_ns()}"}],
+            "decision": {"deadline_ms": 300}, "scheduler": {"mode": "time", "delay_ms": 350, "pulse_ms": 5},
+            "events": {"path": str(tmp_path / "ev.db")}, "metrics": {"enabled": False}}
+
+
+def test_daemon_start_and_hot_swap_obey_the_trust_list(tmp_path: Path, keys: dict[str, Path]) -> None:
+    from edgekit.config.run import parse_run_config
+    from edgekit.runtime.daemon import Daemon
+
+    live = write_intensity_bundle(tmp_path / "live", size=32)
+    cfg = parse_run_config(_run_config(tmp_path, live, [str(keys["pub"])]))
+    with pytest.raises(BundleError, match="not signed") as e:
+        Daemon(cfg).start()  # refused before anything opens
+    assert "\n" not in str(e.value) and not (tmp_path / "ev.db").exists()
+    sign_bundle(live, keys["key"])
+    d = Daemon(cfg)
+    d.start()
+    try:
+        assert d.pipeline.bundle.signed_by == load_trust([keys["pub"]])[0].key_id
+        assert not any("trust" in n for n in d.notes)
+        first = d.pipeline.bundle.bundle_id
+        unsigned = write_intensity_bundle(tmp_path / "unsigned", size=32)
+        assert d.reload_bundle(unsigned) is False  # hot swap refused, the old bundle keeps deciding
+        foreign = write_intensity_bundle(tmp_path / "foreign", size=32)
+        sign_bundle(foreign, keys["other_key"])
+        assert d.reload_bundle(foreign) is False
+        assert d.pipeline.bundle.bundle_id == first
+        sign_bundle(unsigned, keys["key"])
+        assert d.reload_bundle(unsigned) is True and d.pipeline.bundle.bundle_id != first
+        snap = d.metrics.snapshot()
+        assert snap["edgekit_bundle_swaps_total{result=refused}"] == 2.0
+        assert snap["edgekit_bundle_swaps_total{result=ok}"] == 1.0
+    finally:
+        d.request_stop()
+        d.wait()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "ev.db") as conn:
+        notes = [m for (m,) in conn.execute("SELECT message FROM notes WHERE kind = 'bundle_refused' ORDER BY id")]
+    assert len(notes) == 2 and "not signed" in notes[0] and "does not trust" in notes[1]
+
+
+def test_run_check_refuses_an_unsigned_bundle(tmp_path: Path, keys: dict[str, Path]) -> None:
+    live = write_intensity_bundle(tmp_path / "live", size=32)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(_run_config(tmp_path, live, [str(keys["pub"])])))
+    r = CliRunner().invoke(cli, ["run", str(tmp_path / "run.yaml"), "--check"])
+    assert r.exit_code == 2 and "not signed" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_station_without_trust_list_warns_once(tmp_path: Path) -> None:
+    from edgekit.config.run import parse_run_config
+    from edgekit.runtime.daemon import Daemon
+
+    live = write_intensity_bundle(tmp_path / "live", size=32)
+    data = _run_config(tmp_path, live, [])
+    data["source"] = {"type": "usb", "device": 0}  # a station camera (not opened here)
+    d = Daemon(parse_run_config(data))
+    assert d._load_trust() == []
+    assert [n for n in d.notes if "no trust list" in n] == [d.notes[-1]] and "edgekit keys new" in d.notes[-1]
+    replay = Daemon(parse_run_config(_run_config(tmp_path, live, [])))
+    assert replay._load_trust() == [] and replay.notes == []  # a workstation replay is not a station
