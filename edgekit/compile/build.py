@@ -35,14 +35,19 @@ PARITY_RTOL = 1e-4
 
 def parity_tiles(run: Any, n: int = 8) -> np.ndarray:
     """Real held-out good tiles for parity checks (falls back to training images)."""
-    from edgekit.train import load_tiles
+    from edgekit.train import load_tiles, run_val_images
 
-    paths = [Path(p) for p in run.info["data"].get("val_images", [])][:n]
+    paths = run_val_images(run.info, run.path)[:n]
     if not paths:
         from edgekit.train import gather_training_images
 
         paths = gather_training_images(run.info["data"]["dirs"])[0][:n]
-    tiles, _ = load_tiles(paths, run.spec)
+    tiles, _ = load_tiles(paths, run.spec) if paths else (np.zeros((0,)), None)
+    if len(tiles) == 0:  # a check over nothing is not a pass
+        raise BundleError(f"{run.path}: no held-out or training image of the run is readable here (looked for "
+                          f"{len(run.info['data'].get('val_images', []))} held-out images and in "
+                          f"{', '.join(run.info['data'].get('dirs', []))}), so torch vs onnxruntime parity cannot "
+                          "be checked; build where the training data is reachable")
     return tiles[:n]
 
 
@@ -110,13 +115,23 @@ def _tensorrt_importable() -> bool:
 def _gate(run: Any, tmp: Path, keys: list[str], eval_data: str | Path | None, thresholds: dict[str, Any],
           allow_degraded: bool, eval_max_images: int | None, quiet: bool) -> dict[str, Any]:
     """Score every precision and FP32 on the same held-out images; refuse beyond the tolerance."""
-    from edgekit.compile.parity import OnnxModel, accuracy_gate, compare, eval_set_from_dir, load_eval_set
+    from edgekit.compile.parity import (
+        OnnxModel,
+        accuracy_gate,
+        compare,
+        decision_check,
+        eval_set_from_dir,
+        load_eval_set,
+        own_band,
+    )
 
     if eval_data is not None:
         es = eval_set_from_dir(eval_data, run.spec, eval_max_images)
     else:
         # held-out good images of the run: no labels, so rank correlation and score diffs only
-        val = [Path(p) for p in run.info["data"].get("val_images", [])]
+        from edgekit.train import run_val_images
+
+        val = run_val_images(run.info, run.path)
         if not val:
             from edgekit.train import gather_training_images
 
@@ -127,22 +142,48 @@ def _gate(run: Any, tmp: Path, keys: list[str], eval_data: str | Path | None, th
 
     ref_auroc = image_auroc(es.labels, ref) if es.labels is not None else None
     results = {}
+    labelled = es.labels is not None
+    have_band = thresholds.get("accept_edge") is not None and thresholds.get("reject_edge") is not None
+    good = np.ones(ref.shape, bool) if not labelled else es.labels == 0
+    provisional = str(thresholds.get("source", "")).startswith("provisional") and eval_data is None
+    refused = []
     for key in keys:
         scores = es.image_scores(OnnxModel(tmp / MODEL_FILES[key]).score_tiles(es.tiles))
-        results[key] = compare(ref, scores, es.labels, thresholds)
+        results[key] = r = compare(ref, scores, es.labels, thresholds)
+        if have_band:  # decisions are checked always, labelled data or not
+            own = own_band(ref, scores, thresholds, good, provisional)
+            r["band"] = {**own, "n_images": es.n_images}
+            r["decisions"] = dc = decision_check(ref, scores, es.labels, thresholds, own)
+            if dc["harmful_flips_own_band"]:
+                refused.append(f"{key}: {dc['harmful_flips_own_band']} decision(s) differ from fp32 even at its own "
+                               f"band (false rejects of good images fp32 {dc['false_rejects']['fp32']} → "
+                               f"{key} {dc['false_rejects']['own_band']})")
         if not quiet:
-            r = results[key]
-            auroc = f", AUROC {r['auroc'] * 100:.2f} (fp32 {ref_auroc * 100:.2f})" if r["auroc"] is not None else ""
-            print(f"{key} vs fp32 on {es.n_images} images: spearman {r['spearman']:.4f}, max abs score diff "
-                  f"{r['max_abs_diff']:.3g}{auroc}")
+            auroc = (f"AUROC {r['auroc'] * 100:.2f} vs fp32 {ref_auroc * 100:.2f}" if r["auroc"] is not None
+                     else "not accuracy-gated: no labelled data (pass --eval-data DIR with test/good and defects)")
+            print(f"{key} vs fp32 on {es.n_images} images ({es.source}): {auroc}; spearman {r['spearman']:.4f}, "
+                  f"max abs score diff {r['max_abs_diff']:.3g}")
+            if have_band:
+                dc = r["decisions"]
+                what = f"{dc['n_good']} good" + (f" + {dc['n_defect']} defect" if dc["n_defect"] else "") + " images"
+                print(f"  decisions checked on {what}: {dc['flips_shared_band']} flip(s) at fp32's band, "
+                      f"{dc['flips_own_band']} at its own band (accept < {r['band']['accept_edge']:.4g}, reject >= "
+                      f"{r['band']['reject_edge']:.4g}; {r['band']['rule']})")
+            else:
+                print("  decisions not checked: the run has no band yet (run `edgekit calibrate`)")
+    for msg in refused:
+        if not allow_degraded:
+            raise BundleError(f"{msg}; drop it from --precision, or pass --allow-degraded to keep it anyway")
     tolerance = float(run.recipe.build.accuracy_tolerance_pt)
     warnings = accuracy_gate(results, ref_auroc, tolerance, allow_degraded)
+    warnings += [m + "; kept because of --allow-degraded" for m in refused]
     for w in warnings:
         log.warning(w)
         if not quiet:
             print(f"warning: {w}")
     return {"reference": "fp32", "eval_source": es.source, "n_images": es.n_images, "n_tiles": int(len(es.tiles)),
-            "labelled": es.labels is not None, "fp32_auroc": ref_auroc, "tolerance_pt": tolerance,
+            "labelled": labelled, "accuracy_gated": labelled, "decisions_checked": have_band,
+            "fp32_auroc": ref_auroc, "tolerance_pt": tolerance,
             "results": results, "degraded": warnings, "allow_degraded": allow_degraded}
 
 
@@ -299,6 +340,8 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
         gate = _gate(run, tmp, keys[1:], eval_data, thresholds, allow_degraded, eval_max_images, quiet)
         for key in keys[1:]:
             models[key]["accuracy"] = gate["results"][key]
+            if "band" in gate["results"][key]:  # its own edges: the runtime uses them (Band.resolve)
+                models[key]["band"] = gate["results"][key]["band"]
         build["accuracy_gate"] = {k: v for k, v in gate.items() if k != "results"}
         if gate["degraded"]:
             build["degraded"] = gate["degraded"]

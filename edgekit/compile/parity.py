@@ -154,6 +154,46 @@ def compare(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None, band: 
     return out
 
 
+def own_band(ref: np.ndarray, test: np.ndarray, band: dict[str, Any], good: np.ndarray,
+             provisional: bool) -> dict[str, Any]:
+    """A precision's own accept/reject edges, recalibrated on the same held-out images.
+
+    ``provisional`` (the FP32 band is the max held-out good score): the same rule on this
+    precision's scores of the good images. Otherwise (a rate-based band from ``edgekit
+    calibrate``): FP32's edges mapped through a least-squares line of this precision's scores on
+    FP32's (the two are near-linear where the gate passes spearman)."""
+    a, r = float(band["accept_edge"]), float(band["reject_edge"])
+    if provisional and good.any():
+        top = float(np.max(test[good]))
+        return {"accept_edge": top + (a - float(np.max(ref[good]))), "reject_edge": top + (r - float(np.max(ref[good]))),
+                "rule": "max held-out good score, on this precision's scores"}
+    x, y = ref.astype(np.float64), test.astype(np.float64)
+    slope, icpt = (np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(np.mean(y - x))))
+    if not np.isfinite(slope) or slope <= 0:
+        slope, icpt = 1.0, float(np.median(y - x))
+    return {"accept_edge": float(slope * a + icpt), "reject_edge": float(slope * r + icpt),
+            "rule": f"fp32 edges through the line {slope:.4g}·s + {icpt:.4g} fitted on the held-out images"}
+
+
+def decision_check(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None, band: dict[str, Any],
+                   own: dict[str, Any]) -> dict[str, Any]:
+    """Decisions of FP32 at the bundle band vs this precision at the shared band and at its own.
+    ``harmful``: at its own band, good images FP32 accepts that it rejects, plus defects FP32
+    rejects that it accepts (what the line would do differently)."""
+    d_ref = decisions(ref, band["accept_edge"], band["reject_edge"])
+    d_shared = decisions(test, band["accept_edge"], band["reject_edge"])
+    d_own = decisions(test, own["accept_edge"], own["reject_edge"])
+    good = np.ones(ref.shape, bool) if labels is None else labels == 0
+    harm = int(np.sum(good & (d_ref == 0) & (d_own == 2)))
+    if labels is not None:
+        harm += int(np.sum(~good & (d_ref == 2) & (d_own == 0)))
+    return {"n_good": int(good.sum()), "n_defect": int((~good).sum()),
+            "flips_shared_band": int(np.sum(d_ref != d_shared)), "flips_own_band": int(np.sum(d_ref != d_own)),
+            "harmful_flips_own_band": harm,
+            "false_rejects": {"fp32": int(np.sum(good & (d_ref == 2))), "shared_band": int(np.sum(good & (d_shared == 2))),
+                              "own_band": int(np.sum(good & (d_own == 2)))}}
+
+
 class OnnxModel:
     """One ONNX file in onnxruntime (CPU), scoring tiles in batches."""
 

@@ -25,8 +25,14 @@ class Band:
 
     @classmethod
     def resolve(cls, thresholds: dict[str, Any], accept_edge: float | None = None,
-                reject_edge: float | None = None) -> Band:
-        """Band from the bundle's ``thresholds`` with optional config overrides."""
+                reject_edge: float | None = None, model: dict[str, Any] | None = None) -> Band:
+        """Band from the bundle's ``thresholds`` with optional config overrides. ``model``: the
+        manifest entry of the model that runs; a precision recalibrated by the build's decision
+        gate carries its own ``band`` (its scores are not FP32's), which replaces the shared one."""
+        own = (model or {}).get("band")
+        if own and own.get("accept_edge") is not None and own.get("reject_edge") is not None:
+            thresholds = {**thresholds, "threshold": own["reject_edge"], "accept_edge": own["accept_edge"],
+                          "reject_edge": own["reject_edge"]}
         if "threshold" not in thresholds and "reject_edge" not in thresholds:
             raise BundleError("bundle thresholds have neither 'threshold' nor 'reject_edge'; rebuild the bundle")
         thr = float(thresholds.get("threshold", thresholds.get("reject_edge")))

@@ -96,3 +96,27 @@ def test_int8_reduce_range_default_follows_the_build_host(tiny_run: Path, tiny_d
     q = load_bundle(out).models["int8"]["quantization"]
     assert q["reduce_range"] is (cpu_int8_dot() is not True)
     assert ("8-bit weights" if cpu_int8_dot() else "7-bit weights") in q["reduce_range_reason"]
+
+
+def test_int8_without_eval_data_checks_decisions_and_says_what_was_not_checked(tiny_run: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    """No labelled data: the build says it is not accuracy-gated, checks decisions on the held-out
+    good images at INT8's own band (recalibrated), records that band, and the runtime uses it."""
+    from edgekit.bundle.io import load_bundle
+    from edgekit.compile.build import build_bundle
+    from edgekit.runtime.decision import Band
+
+    out = tmp_path / "b8"
+    build_bundle(tiny_run, out, precisions=["fp32", "int8"], calib_max_tiles=16)
+    text = capsys.readouterr().out
+    assert "not accuracy-gated: no labelled data" in text and "decisions checked on" in text
+    assert "good images" in text and "at its own band" in text
+    b = load_bundle(out)
+    gate = b.manifest["build"]["accuracy_gate"]
+    assert gate["accuracy_gated"] is False and gate["decisions_checked"] is True
+    own = b.models["int8"]["band"]
+    dc = b.models["int8"]["accuracy"]["decisions"]
+    assert dc["harmful_flips_own_band"] == 0 and dc["n_good"] >= 1
+    band = Band.resolve(b.thresholds, model=b.models["int8"])
+    assert (band.accept_edge, band.reject_edge) == (own["accept_edge"], own["reject_edge"])
+    assert Band.resolve(b.thresholds, model=b.models["fp32"]).reject_edge == b.thresholds["reject_edge"]

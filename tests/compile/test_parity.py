@@ -117,3 +117,31 @@ def test_verify_cli_json_on_plain_folder(tiny_multi_bundle: Path, tiny_dataset: 
     out = json.loads(res.output)
     assert out["labelled"] is False and out["models"]["int8"]["auroc"] is None
     assert out["models"]["int8"]["spearman"] > 0.3
+
+
+def test_own_band_and_decision_check_see_what_the_shared_band_hides() -> None:
+    """INT8 scores sit 0.3 above FP32's: at FP32's provisional band (max good = 4.5) two good
+    images flip accept → reject; recalibrated by the same rule on INT8's own scores, none does."""
+    import numpy as np
+
+    from edgekit.compile.parity import decision_check, own_band
+
+    ref = np.array([3.0, 3.5, 4.2, 4.5, 4.4])
+    test = ref + 0.3
+    band = {"accept_edge": 4.5, "reject_edge": 4.5}
+    good = np.ones(5, bool)
+    own = own_band(ref, test, band, good, provisional=True)
+    assert own["accept_edge"] == own["reject_edge"] == pytest.approx(4.8)
+    dc = decision_check(ref, test, None, band, own)
+    assert dc["flips_shared_band"] == 2 and dc["flips_own_band"] == 0 and dc["harmful_flips_own_band"] == 0
+    assert dc["false_rejects"] == {"fp32": 1, "shared_band": 3, "own_band": 1}
+    # a rate-based band: mapped through the fitted line (here exact: slope 1, offset 0.3)
+    own = own_band(ref, test, {"accept_edge": 4.0, "reject_edge": 4.6}, good, provisional=False)
+    assert own["accept_edge"] == pytest.approx(4.3) and own["reject_edge"] == pytest.approx(4.9)
+    # a precision that reorders images cannot be fixed by a band: harmful flips remain
+    worse = np.array([4.9, 3.0, 3.1, 3.2, 3.3])
+    labels = np.array([0, 0, 0, 1, 1])
+    ref_l = np.array([3.0, 3.1, 3.2, 4.9, 5.0])
+    dc = decision_check(ref_l, worse, labels, {"accept_edge": 4.0, "reject_edge": 4.0},
+                        own_band(ref_l, worse, {"accept_edge": 4.0, "reject_edge": 4.0}, labels == 0, False))
+    assert dc["harmful_flips_own_band"] >= 1
