@@ -124,15 +124,57 @@ CSE_RECIPE = {
 }
 
 
-def test_ddp_resume_and_cse_centres_from_gathered_embeddings(tmp_path: Path, tiny_dataset: Path) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_ranks(base: Path, *train_args: str) -> list[subprocess.Popen[str]]:
+    """Two ranks started by hand, as torchrun starts them on each node but without its agent
+    (which would itself kill the survivors of a dead rank): rank R in ``base/rR``."""
+    port = str(_free_port())
+    procs = []
+    for r in range(2):
+        (base / f"r{r}").mkdir(parents=True, exist_ok=True)
+        env = {**_env(), "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, "-m", "edgekit.cli", "train", *train_args],
+                                      cwd=base / f"r{r}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return procs
+
+
+def test_killed_rank_ends_the_job_in_one_line_and_the_run_resumes_with_cse_centres(tmp_path: Path,
+                                                                                     tiny_dataset: Path) -> None:
+    """Rank 1 is killed after epoch 1: rank 0 must not hang in its next all-reduce but exit with
+    one line naming rank 1. The checkpoint rank 0 kept resumes under torchrun, and the k-means
+    centres the resumed run fits on the gathered embeddings are those of one process."""
     recipe = _recipe_file(tmp_path, CSE_RECIPE)
     base = tmp_path / "job"
     args = (str(recipe), "--data", str(tiny_dataset), "--out", "run")
-    _assert_ok(torchrun(base, *args, "--epochs", "1"), base)
-    first = len(_rank_out(base, 0)[0])
-    _assert_ok(torchrun(base, *args, "--epochs", "2"), base)  # resumes from rank 0's checkpoint
+    procs = _start_ranks(base, *args, "--epochs", "500")
+    try:
+        assert procs[0].stdout is not None
+        for line in procs[0].stdout:
+            if line.startswith("epoch 1/500:"):
+                procs[1].send_signal(signal.SIGKILL)
+                break
+        _, err = procs[0].communicate(timeout=TIMEOUT_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[1].returncode == -signal.SIGKILL and procs[0].returncode == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert lines[0].startswith("error: rank 0/2 (") and "rank 1 stopped answering during epoch 2" in lines[0], lines
+
+    # the same job again under torchrun, now for 2 epochs: it resumes from rank 0's checkpoint
+    _assert_ok(torchrun(base, *args, "--epochs", "2"), base)
     _assert_rank1_silent(base)
-    out0 = _rank_out(base, 0)[0][first:]
+    out0 = _rank_out(base, 0)[0]
     assert "resuming run at epoch 1/2" in out0 and "epoch 1/2:" not in out0 and "epoch 2/2:" in out0
     run = base / "r0" / "run"
     info = json.loads((run / "run.json").read_text())
@@ -153,64 +195,19 @@ def test_ddp_resume_and_cse_centres_from_gathered_embeddings(tmp_path: Path, tin
     assert float((saved - lr.model.scorer.centres).norm() / saved.norm()) < 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_a_killed_rank_ends_the_job_with_one_line_naming_it(tmp_path: Path, tiny_dataset: Path,
-                                                           tiny_recipe_file: Path) -> None:
-    """Two ranks started by hand (what torchrun does on each node, without its agent, which would
-    kill the survivor itself): rank 1 is killed after epoch 1; rank 0 must not hang in its
-    next all-reduce but exit with one line naming rank 1."""
-    port = str(_free_port())
-    procs = []
-    for r in range(2):
-        (tmp_path / f"r{r}").mkdir()
-        env = {**_env(), "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "edgekit.cli", "train", str(tiny_recipe_file), "--data", str(tiny_dataset),
-             "--out", "run", "--epochs", "500"], cwd=tmp_path / f"r{r}", env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        assert procs[0].stdout is not None
-        for line in procs[0].stdout:
-            if line.startswith("epoch 1/500:"):
-                procs[1].send_signal(signal.SIGKILL)
-                break
-        _, err = procs[0].communicate(timeout=TIMEOUT_S)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert procs[1].returncode == -signal.SIGKILL
-    assert procs[0].returncode == 2
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert lines[0].startswith("error: rank 0/2 (") and "rank 1 stopped answering during epoch" in lines[0], lines
-
-
 @pytest.mark.slow
 def test_a_rank_that_fails_prints_its_own_line_and_the_others_stay_quiet(tmp_path: Path, tiny_dataset: Path,
                                                                         tiny_recipe_file: Path) -> None:
-    port = str(_free_port())
-    procs = []
-    for r in range(2):
-        (tmp_path / f"r{r}").mkdir()
-        env = {**_env(), "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        data = tiny_dataset if r == 0 else tmp_path / "not-on-this-node"
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "edgekit.cli", "train", str(tiny_recipe_file), "--data", str(data), "--out", "run"],
-            cwd=tmp_path / f"r{r}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    """--data is relative: rank 0's node has the dataset, rank 1's has not."""
+    base = tmp_path / "job"
+    (base / "r0").mkdir(parents=True)
+    (base / "r0" / "data").symlink_to(tiny_dataset)
+    procs = _start_ranks(base, str(tiny_recipe_file), "--data", "data", "--out", "run")
     errs = [p.communicate(timeout=TIMEOUT_S)[1] for p in procs]
     assert [p.returncode for p in procs] == [2, 2]
     assert [ln for ln in errs[0].splitlines() if ln.strip()] == []  # rank 0 only exits
-    assert errs[1].splitlines()[-1].startswith("error: rank 1/2 (") and "not-on-this-node" in errs[1]
-    assert not (tmp_path / "r0" / "run" / "run.json").exists()
+    assert errs[1].splitlines()[-1].startswith("error: rank 1/2 (") and "data: dataset folder not found" in errs[1]
+    assert not (base / "r0" / "run" / "run.json").exists()
 
 
 def test_without_torchrun_the_single_process_path_is_taken(tiny_run: Path) -> None:
