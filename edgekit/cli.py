@@ -38,7 +38,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgekit")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def main(debug: bool) -> None:
@@ -53,7 +53,8 @@ def data() -> None:
 
 @data.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--kind", default="fabric", show_default=True, help="Texture family.")
+@click.option("--kind", default="fabric", show_default=True, type=click.Choice(["fabric", "tiles"]),
+              help="Texture family: woven fabric or glazed tiles.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--n-train", default=120, show_default=True, type=int, help="Good training images.")
 @click.option("--n-test-good", default=40, show_default=True, type=int)
@@ -102,7 +103,7 @@ _SET = click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
                     help="Override any field (repeatable), validated like the YAML: --set train.epochs=5.")
 
 
-@main.command()
+@main.command(short_help="Train a recipe on folders of good images.")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--data", "data_dirs", required=True, multiple=True, type=click.Path(file_okay=False),
               help="Dataset (MVTec layout); repeat to train on several categories at once.")
@@ -129,9 +130,10 @@ def train(recipe: str, data_dirs: tuple[str, ...], run_dir: str, epochs: int | N
 
 
 # ----------------------------------------------------------------------------- evaluate
-@main.command()
-@click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@main.command(short_help="Image/pixel AUROC, PRO, F1 of a run or bundle.")
+@click.argument("model_dir", metavar="RUN_OR_BUNDLE_DIR", type=click.Path(file_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Dataset in MVTec layout: its test/good and test/<defect> folders are scored.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write metrics as JSON.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Write an HTML report.")
 @_handle_errors
@@ -143,7 +145,7 @@ def evaluate(model_dir: str, data_dir: str, json_path: str | None, report_path: 
 
 
 # ----------------------------------------------------------------------------- calibrate
-@main.command()
+@main.command(short_help="Set the accept/review/reject band from held-out images.")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Dataset with held-out good images in test/good (defects in test/<type>/ optional).")
@@ -164,10 +166,12 @@ def calibrate(model_dir: str, data_dir: str, frr: float, confidence: float, meth
 
 
 # ----------------------------------------------------------------------------- build
-@main.command()
-@click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--target", type=click.Choice(["cpu", "jetson"]), default="cpu", show_default=True)
-@click.option("--out", "bundle_dir", type=click.Path(file_okay=False), default=None, help="Bundle directory.")
+@main.command(short_help="Compile a run into a verified bundle.")
+@click.argument("model_dir", metavar="RUN_DIR", type=click.Path(file_okay=False))
+@click.option("--target", type=click.Choice(["cpu", "jetson"]), default="cpu", show_default=True,
+              help="Where the bundle runs: cpu (onnxruntime) or jetson (TensorRT engines, built on the device).")
+@click.option("--out", "bundle_dir", type=click.Path(file_okay=False), default=None,
+              help="Bundle directory to write. Default: RUN_DIR-bundle beside the run (printed).")
 @click.option("--precision", default="fp32", show_default=True,
               help="Comma list of fp32,fp16,int8 (fp32 is always built: it is the reference).")
 @click.option("--calib-data", type=click.Path(file_okay=False), default=None,
@@ -175,7 +179,7 @@ def calibrate(model_dir: str, data_dir: str, frr: float, confidence: float, meth
 @click.option("--eval-data", type=click.Path(file_okay=False), default=None,
               help="Labelled dataset (test/good, test/<defect>) for the AUROC accuracy gate.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a precision that fails the accuracy gate (warned, recorded).")
-@click.option("--engine-only", is_flag=True, help="MODEL_DIR is a bundle: build its TensorRT engines on this device.")
+@click.option("--engine-only", is_flag=True, help="The argument is a BUNDLE_DIR (not a run): build its TensorRT engines on this device (with --target jetson).")
 @click.option("--archive", is_flag=True, help="Also write a single-file BUNDLE.edgekit archive.")
 @click.option("--int8-reduce-range/--no-int8-reduce-range", default=None,
               help="INT8 (cpu target): 7-bit weights, safe on every x86 CPU; --no-int8-reduce-range keeps 8-bit "
@@ -197,7 +201,7 @@ def build(model_dir: str, target: str, bundle_dir: str | None, precision: str, c
               int8_reduce_range=int8_reduce_range, sign=sign_key)
 
 
-@main.command()
+@main.command(short_help="Score data with every precision of a bundle vs FP32.")
 @click.argument("bundle_dir", type=click.Path(exists=True))
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="A dataset with test/ (labelled: AUROC) or a folder of images.")
@@ -215,15 +219,16 @@ def verify(bundle_dir: str, data_dir: str, as_json: bool, max_images: int | None
     click.echo(json.dumps(result, indent=2) if as_json else format_verify(result))
 
 
-@main.command()
-@click.argument("target", type=click.Path(exists=True))
+@main.command(short_help="Latency and throughput of every precision, side by side.")
+@click.argument("target", metavar="RUN_OR_BUNDLE_DIR", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Intra-op threads.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Comma list of batch sizes (tiles).")
 @click.option("--precision", "precisions", default=None, help="Only these precisions (comma list).")
 @click.option("--rounds", type=click.IntRange(min=1), default=6, show_default=True, help="Interleaved rounds.")
 @click.option("--iters", type=click.IntRange(min=1), default=5, show_default=True, help="Runs per candidate per round.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs per candidate before measuring.")
 @click.option("--no-torch", is_flag=True, help="Skip torch eager.")
 @_handle_errors
 def bench(target: str, as_json: bool, threads: int, batches: str, precisions: str | None, rounds: int, iters: int,
@@ -247,7 +252,7 @@ def bench(target: str, as_json: bool, threads: int, batches: str, precisions: st
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
-@main.command()
+@main.command(short_help="Recompute a CSE run's k-means centres.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Good images of the new lot (a folder, or a dataset with train/good/).")
@@ -279,7 +284,7 @@ def recluster(run_dir: str, data_dir: str, k: int | None, device: str, sweep: st
     recluster_run(run_dir, data_dir, k=k, device=device)
 
 
-@main.command()
+@main.command(short_help="Refit a distillation run's score normalisation.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--layer-norm", type=click.Choice(["position", "layer", "none"]), default=None,
               help="Score normalisation to fit (default: the run's recipe score.layer_norm).")
@@ -293,7 +298,7 @@ def rescore(run_dir: str, layer_norm: str | None, device: str) -> None:
 
 
 # ----------------------------------------------------------------------------- recipes
-@main.group(invoke_without_command=True)
+@main.group(invoke_without_command=True, short_help="List the shipped recipes (show NAME writes one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @click.pass_context
 @_handle_errors
@@ -328,7 +333,7 @@ def recipes_show(name: str) -> None:
     click.echo(p.read_text(encoding="utf-8"), nl=False)
 
 
-@main.command("init-config")
+@main.command("init-config", short_help="Write a commented deploy config to stdout.")
 @click.option("--camera", type=click.Choice(["usb", "csi", "gstreamer", "folder", "video"]), default="usb",
               show_default=True)
 @click.option("--output", "outputs", multiple=True, default=("gpiod",), show_default=True,
@@ -344,7 +349,7 @@ def init_config_cmd(camera: str, outputs: tuple[str, ...], bundle: str, ui: bool
 
 
 # ----------------------------------------------------------------------------- run
-@main.command()
+@main.command(short_help="Run the inspection daemon of a deploy config.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--check", is_flag=True, help="Validate the config and exit.")
 @_SET
@@ -357,7 +362,7 @@ def run(config: str, check: bool, sets: tuple[str, ...]) -> None:
     run_cli(config, check=check, overrides=parse_sets(sets))
 
 
-@main.command()
+@main.command(short_help="Run the daemon on a simulated conveyor.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--parts", type=int, default=None, help="Parts to run (default: source.parts in CONFIG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
@@ -378,7 +383,7 @@ def simulate(config: str, parts: int | None, as_json: bool, sets: tuple[str, ...
 
 
 # ----------------------------------------------------------------------------- station checks
-@main.command()
+@main.command(short_help="Check this station: a fix per failed item.")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the checklist as JSON (for fleet tools).")
 @click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
@@ -386,7 +391,10 @@ def simulate(config: str, parts: int | None, as_json: bool, sets: tuple[str, ...
 @click.option("--bundle-only", is_flag=True, help="Only check the config and the bundle hashes.")
 @_handle_errors
 def doctor(config: str | None, as_json: bool, bundle_dir: str | None, bundle_only: bool) -> None:
-    """Check this station (CONFIG.yaml, default /etc/edgekit/config.yaml): a fix per failed item; exit 1 on failures."""
+    """Check this station against CONFIG.yaml: a fix per failed item; exit 1 on failures.
+
+    Without CONFIG: /etc/edgekit/config.yaml when it exists (what edgekit.service runs), else the
+    default Jetson station (CUDA, TensorRT, /dev/gpiochip0, /dev/video0, the installed bundle)."""
     import json
 
     from edgekit.doctor import doctor as run_doctor
@@ -400,7 +408,7 @@ def doctor(config: str | None, as_json: bool, bundle_dir: str | None, bundle_onl
     sys.exit(report.exit_code)
 
 
-@main.command("verify-bundle")
+@main.command("verify-bundle", short_help="Check a bundle's schema, hashes and signature.")
 @click.argument("bundle_dir", required=False, type=click.Path())
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="Deploy config: verify the bundle it names (unless BUNDLE_DIR is given) with its trust: list.")
@@ -436,7 +444,7 @@ def verify_bundle(bundle_dir: str | None, config: str | None, trust: tuple[str, 
 
 
 # ----------------------------------------------------------------------------- signing keys
-@main.group()
+@main.group(short_help="Ed25519 keys that sign bundles.")
 def keys() -> None:
     """Ed25519 keys that sign bundles (build --sign KEY) and the stations' trust: lists."""
 
@@ -469,8 +477,9 @@ def keys_sign(bundle_dir: str, key_path: str) -> None:
     click.echo(f"{bundle_dir}: manifest.json signed with key {sig['key_id']} -> manifest.sig")
 
 
-@main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True)
+@main.command(short_help="Synthetic data → train → build → simulated line.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
+              help="Folder for the demo's data, run, bundle, report and line video.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
               help="Training epochs for the demo (the synthetic fabric set is separated by 10; the "
                    "rd-lite0 recipe itself trains 30 for real products).")

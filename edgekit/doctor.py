@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__
+from edgekit.compile.trt_build import TRT_INSTALL
 from edgekit.errors import DeviceError, EdgekitError
 
 DEFAULT_CONFIG = Path("/etc/edgekit/config.yaml")  # what edgekit.service runs
@@ -621,8 +622,7 @@ def check_tensorrt(params: DoctorParams, probes: Probes) -> CheckResult:
         version = _module_version(trt)
     except Exception as exc:  # noqa: BLE001
         return _fail(name, f"import tensorrt failed ({exc.__class__.__name__})",
-                     "TensorRT comes with JetPack, not pip: `sudo apt install nvidia-tensorrt` and a venv created "
-                     "with --system-site-packages (provision.sh); or use backend onnxruntime", optional=optional)
+                     f"{TRT_INSTALL}; or use backend onnxruntime", optional=optional)
     from edgekit.compile.trt_build import check_trt_version
 
     try:

@@ -112,3 +112,41 @@ def test_corrupt_test_image_is_skipped_and_counted(tmp_path: Path, tiny_bundle: 
 def test_debug_shows_traceback(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["--debug", "evaluate", str(tmp_path / "nope"), "--data", str(tmp_path)])
     assert res.exit_code != 0
+
+
+def test_help_texts_are_whole_and_consistent() -> None:
+    """Top-level summaries are not cut mid-phrase; arguments are named for what they take; every
+    option a user needs says what it is; one TensorRT install hint."""
+    code, out = _run("--help")
+    cmds = out.split("Commands:")[1]
+    assert code == 0 and "..." not in cmds and "…" not in cmds
+    code, out = _run("data", "synth", "--help")
+    assert "[fabric|tiles]" in out
+    code, out = _run("build", "--help")
+    flat = " ".join(out.split())
+    assert "RUN_DIR" in out and "MODEL_DIR" not in out and "bundle beside the run" in flat
+    assert "cpu (onnxruntime) or jetson" in flat
+    code, out = _run("bench", "--help")
+    assert "RUN_OR_BUNDLE_DIR" in out and "Untimed runs" in " ".join(out.split())
+    assert "test/good" in _run("evaluate", "--help")[1]
+    assert "line video" in " ".join(_run("demo", "--help")[1].split())
+    flat = " ".join(_run("doctor", "--help")[1].split())
+    assert "/etc/edgekit/config.yaml when it exists" in flat and "default Jetson station" in flat
+    from edgekit import doctor
+    from edgekit.compile import trt_build
+
+    assert trt_build.TRT_INSTALL in (doctor.check_tensorrt.__code__.co_consts + (doctor.TRT_INSTALL,))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(Exception, match="nvidia-tensorrt python3-libnvinfer"):
+            trt_build.import_tensorrt()
+
+
+def test_build_without_out_says_where_the_bundle_goes(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "myrun"
+    shutil.copytree(tiny_run, run)
+    code, out = _run("build", str(run))
+    assert code == 0, out
+    assert f"no --out given: writing the bundle to {run}-bundle (beside the run)" in out
+    assert (tmp_path / "myrun-bundle" / "manifest.json").is_file()

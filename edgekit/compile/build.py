@@ -486,6 +486,8 @@ def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None
     if (Path(model_dir) / "manifest.json").is_file():
         raise BundleError(f"{model_dir} is a bundle; pass the run directory, or --target jetson --engine-only to add engines")
     out = bundle_dir or str(Path(model_dir).with_name(Path(model_dir).name + "-bundle"))
+    if bundle_dir is None:
+        print(f"no --out given: writing the bundle to {out} (beside the run)")
     build_bundle(model_dir, out, target=target, precisions=parse_precisions(precision), calib_data=calib_data,
                  eval_data=eval_data, allow_degraded=allow_degraded, archive=archive,
                  int8_reduce_range=int8_reduce_range, sign_key=sign)

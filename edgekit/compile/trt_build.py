@@ -62,13 +62,15 @@ def import_tensorrt() -> Any:
         import tensorrt
     except (ImportError, OSError) as exc:  # OSError: libnvinfer missing behind the wheel
         raise DeviceError(
-            f"tensorrt is not importable here ({exc.__class__.__name__}); build engines on the device: "
-            "JetPack 6 ships it (`sudo apt install python3-libnvinfer`), then run "
-            "`edgekit build BUNDLE --target jetson --engine-only` there"
+            f"tensorrt is not importable here ({exc.__class__.__name__}); build engines on the device. "
+            f"{TRT_INSTALL}; then run `edgekit build BUNDLE --target jetson --engine-only` there"
         ) from None
     return tensorrt
 
 
+# one install hint for TensorRT, used by build, the backend and doctor
+TRT_INSTALL = ("TensorRT comes with JetPack, not pip: `sudo apt install nvidia-tensorrt python3-libnvinfer` and a "
+               "venv created with --system-site-packages (firmware_scripts/provision.sh does both)")
 # cuda-python 13 (cuda-bindings 13) needs a CUDA 13 driver (>= 580); JetPack 6.x has CUDA 12.6
 CUDA_PYTHON_PIN = "cuda-python>=12,<13"
 CUDA_PYTHON_HINT = (f"pip install '{CUDA_PYTHON_PIN}' (JetPack 6 has CUDA 12: cuda-python 13 fails with "
