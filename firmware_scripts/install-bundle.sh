@@ -14,6 +14,9 @@
 #   --dry-run        print every step without changing anything
 #   --no-restart     switch the symlink but do not restart edgekit.service
 #   --keep N         keep the N newest installed bundles besides current/previous (default 3)
+#   --config FILE    deploy config whose trust: list applies (default /etc/edgekit/config.yaml, when it
+#                    exists): with a trust list, an unsigned bundle or one signed by another key is refused
+#   --trust KEY.pub  also trust this public key (repeatable); with any, the bundle must be signed
 #   --rollback       point current back at previous and restart
 #   -h, --help       this help
 # Environment (tests, non-standard installs):
@@ -21,12 +24,14 @@
 #   EDGEKIT_BIN        edgekit executable (default /opt/edgekit/venv/bin/edgekit)
 #   EDGEKIT_SERVICE    systemd unit (default edgekit.service)
 #   EDGEKIT_USER       owner of installed bundles (default edgekit; skipped if the user does not exist)
+#   EDGEKIT_CONFIG     deploy config (default /etc/edgekit/config.yaml), as --config
 set -euo pipefail
 
 STATE_DIR="${EDGEKIT_STATE_DIR:-/var/lib/edgekit}"
 EDGEKIT="${EDGEKIT_BIN:-/opt/edgekit/venv/bin/edgekit}"
 SERVICE="${EDGEKIT_SERVICE:-edgekit.service}"
 OWNER="${EDGEKIT_USER:-edgekit}"
+CONFIG="${EDGEKIT_CONFIG:-/etc/edgekit/config.yaml}"
 BUNDLES="${STATE_DIR}/bundles"
 
 DRY_RUN=0
@@ -34,6 +39,7 @@ RESTART=1
 KEEP=3
 ROLLBACK=0
 SRC=""
+TRUST=()
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 die() { printf 'install-bundle.sh: %s\n' "$*" >&2; exit 1; }
@@ -55,6 +61,8 @@ while (($# > 0)); do
     --dry-run) DRY_RUN=1 ;;
     --no-restart) RESTART=0 ;;
     --keep) KEEP="$2"; shift ;;
+    --config) CONFIG="$2"; shift ;;
+    --trust) TRUST+=("$2"); shift ;;
     --rollback) ROLLBACK=1 ;;
     -h | --help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -63,6 +71,13 @@ while (($# > 0)); do
   shift
 done
 [[ "${KEEP}" =~ ^[0-9]+$ ]] || die "--keep must be a number"
+
+# What `edgekit verify-bundle` checks besides schema and hashes: the signature, against the trust
+# list of the station's config (the one the daemon and the unit's ExecStartPre use) plus --trust keys.
+VERIFY_ARGS=()
+if [[ -f "${CONFIG}" ]]; then VERIFY_ARGS+=(--config "${CONFIG}"); fi
+for key in "${TRUST[@]}"; do VERIFY_ARGS+=(--trust "${key}"); done
+verify() { "${EDGEKIT}" verify-bundle "$1" "${VERIFY_ARGS[@]}"; }
 
 # Atomically point symlink $1 at target $2: rename(2) of a fresh symlink replaces the old one in
 # one step, so the daemon (or a power cut) never sees a missing or half-written `current`.
@@ -134,11 +149,11 @@ install_new() {
   [[ "${id}" =~ ^[A-Za-z0-9._-]+$ ]] || die "${SRC}/manifest.json: bundle_id '${id}' is not a safe directory name"
   local dest="${BUNDLES}/${id}"
 
-  if [[ -d "${dest}" ]] && "${EDGEKIT}" verify-bundle "${dest}" >/dev/null 2>&1; then
+  if [[ -d "${dest}" ]] && verify "${dest}" >/dev/null 2>&1; then
     step "Bundle ${id} already installed and intact"
   elif ((DRY_RUN == 1)); then
     step "Verifying ${SRC}"
-    "${EDGEKIT}" verify-bundle "${SRC}"
+    verify "${SRC}"
     step "Copying to ${dest}"
     printf '    + %s\n' "install -d -m 0750 ${BUNDLES}" "cp -a -- ${SRC} ${BUNDLES}/.${id}.tmp.$$" \
       "edgekit verify-bundle ${BUNDLES}/.${id}.tmp.$$" "chmod -R a-w,g+rX ${BUNDLES}/.${id}.tmp.$$" \
@@ -150,9 +165,10 @@ install_new() {
     remove_tree "${tmp}"
     run cp -a -- "${SRC}" "${tmp}"
     run touch -- "${tmp}"  # mtime = install time (cp -a kept the source's), used by prune
-    # Schema and every file's sha256, on the copy itself: catches a tampered or incomplete source
-    # and a bad copy (disk full) before anything points at it.
-    if ! "${EDGEKIT}" verify-bundle "${tmp}"; then
+    # Schema, every file's sha256 and (with a trust list) the signature, on the copy itself:
+    # catches a tampered, unsigned or incomplete source and a bad copy (disk full) before anything
+    # points at it.
+    if ! verify "${tmp}"; then
       remove_tree "${tmp}"
       die "${SRC} refused (see above); nothing was changed"
     fi

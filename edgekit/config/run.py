@@ -111,7 +111,8 @@ class HealthConfig(StrictModel):
 
 class LineConfig(StrictModel):
     # SCHED_FIFO priority of the line process (pulse timing); None = normal scheduling.
-    # Needs CAP_SYS_NICE; refused → a startup note, pulses still fire with normal priority.
+    # Needs RLIMIT_RTPRIO >= this (edgekit.service: LimitRTPRIO=50, no capability); refused → a
+    # startup note, pulses still fire with normal priority.
     rt_priority: int | None = Field(50, ge=1, le=99)
     # the line process polls the clock (without sleeping) this long before each edge: a sleeping
     # (halted) CPU wakes late on VMs and in deep idle states

@@ -269,6 +269,10 @@ class Daemon:
             if not type(o).can_pulse and "reject" in o.roles():
                 self.notes.append(f"output {o.name} cannot time pulses; the PLC times the reject from the result")
         self._check_capabilities()
+        if os.environ.get("INVOCATION_ID"):  # started by systemd: the unit's IPAddressAllow applies
+            from edgekit.runtime.netpolicy import outside_unit_notes
+
+            self.notes += outside_unit_notes(self.cfg)
         if self.cfg.metrics.enabled:
             # the port is taken before any output opens: a second daemon on a port in use stops
             # here with one line (it must not run without metrics, nor touch the first's lines)

@@ -4,7 +4,8 @@ Why a process: pulse edges must land within a millisecond of their target. In on
 process the timing thread waits for the GIL behind preprocessing, inference glue and SQLite, and
 on a loaded CPU that wait is several milliseconds. A separate process has its own GIL, does
 almost nothing but wait for the next edge, and is given ``SCHED_FIFO`` priority when allowed
-(CAP_SYS_NICE; refused → logged, never silent). The daemon starts it (this module is part of the
+(RLIMIT_RTPRIO >= the priority: LimitRTPRIO= in the unit, no capability; refused → logged,
+never silent). The daemon starts it (this module is part of the
 daemon's wiring, not a stage): it builds the outputs from their configs, runs the
 ``PulseTimeline`` against the monotonic clock / encoder and reports every fired pulse back.
 
@@ -108,8 +109,10 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
 
 
 PLC_FIX = "let the PLC time the reject (scheduler.mode: plc, docs/plc-timed.md)"
-RT_FIX = ("grant the service real-time scheduling (systemd: LimitRTPRIO=99 and CAP_SYS_NICE in "
-          "AmbientCapabilities/CapabilityBoundingSet), keep a core for it (isolcpus= / CPUAffinity=), or use "
+# one story with firmware_scripts/edgekit.service: RLIMIT_RTPRIO (LimitRTPRIO=), no capability
+RT_FIX = ("grant the service real-time scheduling (systemd: LimitRTPRIO= at least line.rt_priority; "
+          "edgekit.service ships LimitRTPRIO=50 and needs no capability for it; started by hand: `ulimit -r 50` "
+          "or an rtprio line in /etc/security/limits.d), keep a core for it (isolcpus= / CPUAffinity=), or use "
           f"a PREEMPT_RT kernel (Jetson: the JetPack real-time kernel); where none is possible, {PLC_FIX}")
 
 
