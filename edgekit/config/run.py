@@ -24,6 +24,7 @@ from edgekit.runtime.outputs.jetson import JetsonGpioOutputConfig
 from edgekit.runtime.outputs.modbus import ModbusOutputConfig
 from edgekit.runtime.outputs.modbus_server import ModbusServerOutputConfig
 from edgekit.runtime.outputs.mqtt import MqttOutputConfig
+from edgekit.runtime.outputs.opcua import OpcUaOutputConfig
 from edgekit.sim.camera import SimCameraConfig
 from edgekit.sim.faults import FaultyBackendConfig
 from edgekit.ui.config import UiConfig
@@ -36,7 +37,7 @@ SourceConfig = Annotated[
 BackendConfig = Annotated[OrtBackendConfig | TrtBackendConfig | FaultyBackendConfig, Field(discriminator="type")]
 OutputConfig = Annotated[
     FakeGpioOutputConfig | GpiodOutputConfig | JetsonGpioOutputConfig | ModbusOutputConfig
-    | ModbusServerOutputConfig | MqttOutputConfig,
+    | ModbusServerOutputConfig | MqttOutputConfig | OpcUaOutputConfig,
     Field(discriminator="type"),
 ]
 EncoderConfig = Annotated[SimEncoderConfig | GpiodEncoderConfig, Field(discriminator="type")]
@@ -183,8 +184,9 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     upd["events"] = cfg.events.model_copy(update={"path": fix(cfg.events.path)})
     upd["trust"] = [fix(t) for t in cfg.trust]
     upd["archive"] = cfg.archive.model_copy(update={"dir": fix(cfg.archive.dir)})
-    # files an output keeps (the MQTT outbox) sit next to the config unless given absolute
-    upd["outputs"] = [o.model_copy(update={"outbox_path": fix(o.outbox_path)}) if hasattr(o, "outbox_path") else o
+    # files an output keeps (MQTT outbox, OPC UA certificates) are relative to the config's directory
+    keys = ("outbox_path", "password_file", "cert_dir", "trusted_clients_dir")
+    upd["outputs"] = [o.model_copy(update={k: fix(getattr(o, k)) for k in keys if getattr(o, k, None)})
                       for o in cfg.outputs]
     return cfg.model_copy(update=upd)
 

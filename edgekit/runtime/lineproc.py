@@ -49,11 +49,15 @@ _LATE_CAUSES = ("decision", "runqueue", "hypervisor", "timer")
 def _build(spec: dict[str, Any]) -> tuple[list[Any], Any]:
     from edgekit.runtime.encoder import GpiodEncoderConfig, SimEncoderConfig, make_encoder
     from edgekit.runtime.outputs import OUTPUTS
+    from edgekit.runtime.outputs.sidecar import IsolatedOutput
 
     outputs = []
     for c in spec["outputs"]:
         cls = OUTPUTS.get(c["type"])
-        outputs.append(cls(cls.config_model.model_validate(c)))
+        cfg = cls.config_model.model_validate(c)
+        # network-heavy outputs (OPC UA, MQTT) run in a process of their own: their Python must
+        # not hold this process's GIL while an edge is due (outputs/sidecar.py)
+        outputs.append(IsolatedOutput(cls, cfg) if getattr(cfg, "process", "line") == "own" else cls(cfg))
     enc = None
     if spec.get("encoder"):
         e = spec["encoder"]
@@ -73,6 +77,7 @@ def line_main(conn: Any, spec: dict[str, Any]) -> None:
         for o in outputs:
             o.open()
             opened.append(o)
+            notes += list(getattr(o, "notes", []))  # e.g. an OPC UA server without security
         if enc is not None and spec["encoder"]["type"] != "sim":
             enc.open()  # a simulated belt is opened when the parent sends its origin
         loop = _LineLoop(conn, spec, outputs, enc)

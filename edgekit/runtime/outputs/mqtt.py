@@ -81,6 +81,7 @@ class MqttOutputConfig(StrictModel):
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(5.0, gt=0)
     shutdown_drain_s: float = Field(2.0, ge=0, le=60)  # at shutdown: time to send what is queued
+    process: Literal["own", "line"] = "own"  # own: a process of its own (outputs/sidecar.py)
 
     @field_validator("prefix", "station")
     @classmethod
