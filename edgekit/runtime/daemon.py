@@ -202,6 +202,7 @@ class Daemon:
         self._enabled = True  # Daemon.control enable/disable: disabled = rejects logged, not pulsed
         self._suppressed: Counter[str] = Counter()  # pulses not fired while disabled, by role
         self._output_stats: dict[str, dict[str, float]] = {}  # each output's last ("stats", ...) report
+        self._early_notes: list[tuple[str, str]] | None = []  # notes made before the event log is open
         self._trust: list[Any] = []  # trusted public keys (cfg.trust), read in start()
         self._acks_missed: Counter[str] = Counter()  # results a PLC did not acknowledge, by output
 
@@ -289,6 +290,9 @@ class Daemon:
             self.event_log.open()
             self.event_log.start_run(self.run_id, self.pipeline.bundle.bundle_id, self.cfg.model_dump(mode="json"),
                                      self.notes)
+            early, self._early_notes = self._early_notes or [], None
+            for kind, msg in early:
+                self._events_note(kind, msg)
             self.camera.open()
         except BaseException:
             self.line.stop(0.0)
@@ -332,6 +336,8 @@ class Daemon:
         self._spawn("capture", self._capture_loop)
         band = self.pipeline.decider.band
         self.line.set_band(band.accept_edge, band.reject_edge)
+        if not self._enabled:  # disabled (Daemon.control) before the start
+            self.line.set_enabled(False)
         self.line.set_line("ready", True)
         self._started = True
 
@@ -898,6 +904,9 @@ class Daemon:
         # connection keeps the single-writer rule simple (SQLite serialises writers)
         import sqlite3
 
+        if self._early_notes is not None:  # before start(): written once the run is in the log
+            self._early_notes.append((kind, msg))
+            return
         try:
             conn = sqlite3.connect(str(self.event_log.path), timeout=5.0)
             with conn:
