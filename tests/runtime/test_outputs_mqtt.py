@@ -258,3 +258,40 @@ def test_credentials_come_from_environment_or_file_never_from_the_logged_config(
         credentials(MqttOutputConfig(host="h", station="s", password_file=str(tmp_path / "nope")), {})
     with pytest.raises(ValueError, match="topic level"):
         MqttOutputConfig(host="h", station="a/#")
+
+
+def test_daemon_publishes_every_decision_through_the_mqtt_process(broker, intensity_bundle, level_folder,
+                                                                  tmp_path) -> None:
+    """The real daemon replaying a folder; the MQTT output runs in its own process (the default),
+    its outbox path is relative to the config's directory."""
+    import sys
+
+    from rt_helpers import LEVELS, expected_kind
+
+    from edgekit.config.run import parse_run_config
+    from edgekit.runtime.daemon import Daemon
+    from edgekit.runtime.logs import setup_logging
+
+    sub = Subscriber(broker.port, "plant/#")
+    cfg = parse_run_config({
+        "bundle": str(intensity_bundle), "source": {"type": "folder", "path": str(level_folder), "rate_hz": 50},
+        "outputs": [{"type": "fake_gpio", "chip": "mqtt-daemon"},
+                    {"type": "mqtt", "host": "127.0.0.1", "port": broker.port, "prefix": "plant", "station": "cell7",
+                     "outbox_path": "state/outbox.db", "retry_initial_s": 0.05}],
+        "decision": {"deadline_ms": 1000.0}, "scheduler": {"mode": "time", "delay_ms": 1050.0, "pulse_ms": 5.0},
+        "events": {"path": str(tmp_path / "ev.db"), "synchronous": "NORMAL"}, "metrics": {"enabled": False},
+        "line": {"jitter_probe_ms": 0}, "log": {"format": "text", "level": "error"}}, base=tmp_path)
+    assert cfg.outputs[1].outbox_path == str(tmp_path / "state" / "outbox.db")
+    d = Daemon(cfg, logger=setup_logging("text", "error", stream=sys.stderr))
+    d.start()
+    d.wait()
+    s = d.summary()
+    assert _wait(lambda: len(sub.results()) >= len(LEVELS), 10)
+    res = sub.results()
+    sub.close()
+    assert [r["part_id"] for r in res] == list(range(len(LEVELS)))
+    assert [r["decision"] for r in res] == [expected_kind(v) for v in LEVELS]
+    assert {r["bundle_id"] for r in res} == {s["bundle_id"]} and {r["station"] for r in res} == {"cell7"}
+    assert all(abs(r["score"] - v / 255) < 1e-6 for r, v in zip(res, LEVELS))
+    assert s["output_stats"]["mqtt"]["sent_total"] == len(LEVELS) and s["output_stats"]["mqtt"]["outbox_queued"] == 0
+    assert (tmp_path / "state" / "outbox.db").exists()
