@@ -408,6 +408,31 @@ def doctor(config: str | None, as_json: bool, bundle_dir: str | None, bundle_onl
     sys.exit(report.exit_code)
 
 
+@main.command("opcua-cert", short_help="Create the OPC UA server certificate of a deploy config.")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--output", "output_name", default=None, help="Name of the opcua output (default: every one).")
+@click.option("--days", default=3650, show_default=True, type=click.IntRange(1, 36500), help="Validity.")
+@click.option("--force", is_flag=True, help="Replace an existing certificate (clients must then trust the new one).")
+@_handle_errors
+def opcua_cert(config: str, output_name: str | None, days: int, force: bool) -> None:
+    """Create the key and self-signed application certificate in the cert_dir of CONFIG's opcua
+    output (Basic256Sha256 SignAndEncrypt; docs/plc.md); print the SHA-1 thumbprint the clients
+    are asked to trust. An existing certificate is kept unless --force."""
+    from edgekit.config.run import load_run_config
+    from edgekit.errors import ConfigError
+    from edgekit.runtime.outputs.opcua import certificate_thumbprint, make_certificate
+
+    cfg = load_run_config(config)
+    outs = [o for o in cfg.outputs if o.type == "opcua" and output_name in (None, o.name)]
+    if not outs:
+        raise ConfigError(f"{config}: no opcua output{f' named {output_name!r}' if output_name else ''}; add one "
+                          "under outputs: (type: opcua, endpoint: opc.tcp://HOST:4840)")
+    for o in outs:
+        cert, key, created = make_certificate(o, days=days, overwrite=force)
+        click.echo(f"{o.name}: {'created' if created else 'kept'} {cert} (key {key}), application URI "
+                   f"{o.namespace}, SHA-1 thumbprint {certificate_thumbprint(cert)}")
+
+
 @main.command("verify-bundle", short_help="Check a bundle's schema, hashes and signature.")
 @click.argument("bundle_dir", required=False, type=click.Path())
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,

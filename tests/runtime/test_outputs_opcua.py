@@ -192,3 +192,25 @@ def test_secured_server_streams_every_result_of_a_500_part_run_to_a_subscriber(i
     assert r["metrics"]["edgekit_output_events_total{event=published,output=opcua}"] == 500
     assert (tmp_path / "pki" / "server_cert.der").exists()  # made on first start
     assert len(certificate_thumbprint(tmp_path / "pki" / "server_cert.der")) == 40
+
+
+def test_opcua_cert_command_creates_keeps_and_explains(tmp_path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    cfg = {"bundle": "b", "source": {"type": "folder", "path": "f"},
+           "outputs": [{"type": "opcua", "name": "ua", "endpoint": "opc.tcp://0.0.0.0:4840", "station": "cell7"}]}
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(main, ["opcua-cert", str(p)])
+    assert r.exit_code == 0, r.output
+    cert = tmp_path / "opcua-pki" / "server_cert.der"  # cert_dir relative to the config
+    assert r.output.startswith(f"ua: created {cert}") and "urn:edgekit:cell7" in r.output
+    assert certificate_thumbprint(cert) in r.output
+    again = CliRunner().invoke(main, ["opcua-cert", str(p)])
+    assert again.exit_code == 0 and again.output.startswith(f"ua: kept {cert}")
+    p.write_text(yaml.safe_dump({**cfg, "outputs": [{"type": "fake_gpio"}]}))
+    r = CliRunner().invoke(main, ["opcua-cert", str(p)])
+    assert r.exit_code != 0 and "no opcua output" in r.output and "Traceback" not in r.output
