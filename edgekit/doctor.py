@@ -995,7 +995,10 @@ def doctor(config_path: str | None = None, bundle_dir: str | None = None, bundle
         config_path = str(DEFAULT_CONFIG)
     params = params_from_config(config_path, bundle_dir)
     checks = (check_config, check_bundle) if bundle_only else CHECKS
-    return Report(run_checks(params, probes, checks), params)
+    from edgekit.doctor_outputs import check_outputs_reachable  # Modbus server / OPC UA / MQTT outputs
+
+    return Report(run_checks(params, probes, checks) + ([] if bundle_only else check_outputs_reachable(config_path)),
+                  params)
 
 
 def stdout_is_unicode() -> bool:
