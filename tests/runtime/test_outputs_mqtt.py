@@ -295,3 +295,87 @@ def test_daemon_publishes_every_decision_through_the_mqtt_process(broker, intens
     assert all(abs(r["score"] - v / 255) < 1e-6 for r, v in zip(res, LEVELS))
     assert s["output_stats"]["mqtt"]["sent_total"] == len(LEVELS) and s["output_stats"]["mqtt"]["outbox_queued"] == 0
     assert (tmp_path / "state" / "outbox.db").exists()
+
+
+@pytest.mark.slow
+def test_reject_placement_with_all_three_plant_outputs_active(broker, intensity_bundle, tmp_path) -> None:
+    """The simulated line twice, 1,000 parts each: with a fake GPIO reject line only, then with the
+    Modbus server (a PLC polling every 10-100 ms), the OPC UA server (a subscribed client) and MQTT
+    (a subscriber) all active. Asserted: every defect pulsed and no good part (both runs), every
+    result delivered by each output; printed: the placement figures of both runs."""
+    import asyncio
+
+    from asyncua import Client as UaClient
+
+    from edgekit.config.run import parse_run_config
+    from edgekit.sim.bundles import write_intensity_dataset
+    from edgekit.sim.checker import line_problems
+    from edgekit.sim.run import prepare_config, simulate_config
+    from tests.runtime.test_outputs_modbus_server import PollingPlc
+    from tests.sim.test_simulate import sim_config
+
+    data = write_intensity_dataset(tmp_path / "data")
+    n = 1000
+    enc = {"type": "sim", "speed_mm_s": 600.0, "ticks_per_mm": 1.0}  # 60 parts/s
+
+    def run(outputs: list[dict], sub_dir: str) -> dict:
+        (tmp_path / sub_dir).mkdir()
+        cfg = sim_config(intensity_bundle, data, tmp_path / sub_dir, "encoder", parts=n, outputs=outputs, encoder=enc)
+        return simulate_config(prepare_config(parse_run_config(cfg)))
+
+    base = run([{"type": "fake_gpio"}], "base")
+    mb_port, ua_port = _free_port(), _free_port()
+    plc = PollingPlc(mb_port, n, seed=5)
+    plc.start()
+    sub = Subscriber(broker.port, "edgekit/line1/result")
+    ua_got: list = []
+
+    def ua_client() -> None:
+        async def main() -> None:
+            end = time.monotonic() + 60
+            while True:
+                try:
+                    c = UaClient(f"opc.tcp://127.0.0.1:{ua_port}", timeout=5)
+                    await c.connect()
+                    break
+                except Exception:  # the line process is starting the server
+                    if time.monotonic() > end:
+                        raise
+                    await asyncio.sleep(0.2)
+            await c.load_data_type_definitions()
+            ns = await c.get_namespace_index("urn:edgekit:line1")
+            node = await c.nodes.objects.get_child([f"{ns}:Inspection", f"{ns}:LastResult"])
+
+            class H:
+                def datachange_notification(self, node, val, data) -> None:
+                    if val.ResultId:
+                        ua_got.append(val.PartId)
+
+            s = await c.create_subscription(50, H())
+            await s.subscribe_data_change(node, queuesize=10_000)
+            while len(ua_got) < n and time.monotonic() < end + 120:
+                await asyncio.sleep(0.1)
+
+        asyncio.run(main())
+
+    ua = threading.Thread(target=ua_client, daemon=True)
+    ua.start()
+    full = run([{"type": "fake_gpio"},
+                {"type": "modbus_server", "name": "plc", "port": mb_port, "fifo_depth": 256, "shutdown_drain_s": 10},
+                {"type": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{ua_port}", "station": "line1",
+                 "shutdown_linger_s": 2},
+                {"type": "mqtt", "host": "127.0.0.1", "port": broker.port, "station": "line1",
+                 "outbox_path": str(tmp_path / "ob.db")}], "full")
+    plc.station_may_stop.set()
+    plc.join(timeout=20)
+    ua.join(timeout=20)
+    assert _wait(lambda: len({r["part_id"] for r in sub.results()}) == n, 20)
+    sub.close()
+    for r in (base, full):
+        assert line_problems(r) == [] and r["events_logged"] == n
+    assert len(plc.results) == n and sorted(x[1] for x in plc.results) == list(range(n))
+    for name, r in (("fake GPIO only", base), ("+ modbus_server, opcua, mqtt", full)):
+        print(f"\n{name}: placement |ms| p50/p99/max {r['placement_error_ms']}, ticks {r['placement_error_ticks']}, "
+              f"late pulses {r['late_pulses']} {r['late_pulses_by_cause']}, timer {r['timer'].get('sched_fifo')}, "
+              f"e2e {r['e2e_latency_ms']}")
+    print(f"OPC UA results received {len(set(ua_got))}/{n}")
