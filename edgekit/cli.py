@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
+from edgekit.errors import ConfigError, EdgekitError
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -149,7 +149,8 @@ def evaluate(model_dir: str, data_dir: str, json_path: str | None, report_path: 
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
               help="Dataset with held-out good images in test/good (defects in test/<type>/ optional).")
-@click.option("--frr", type=float, default=0.005, show_default=True, help="Target false-reject rate (0.005 = 0.5 %).")
+@click.option("--frr", default="0.005", show_default=True, metavar="RATE|auto",
+              help="Target false-reject rate (0.005 = 0.5 %); auto: the tightest rate the good images can bound.")
 @click.option("--confidence", type=float, default=0.95, show_default=True, help="Confidence of the rate bound.")
 @click.option("--method", type=click.Choice(["quantile", "evt", "coverage"]), default="quantile", show_default=True,
               help="quantile: distribution-free (needs many good images); evt: tail fit, fewer images; "
@@ -157,11 +158,16 @@ def evaluate(model_dir: str, data_dir: str, json_path: str | None, report_path: 
 @click.option("--margin", type=float, default=0.0, show_default=True, help="Score units widening the review band.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @_handle_errors
-def calibrate(model_dir: str, data_dir: str, frr: float, confidence: float, method: str, margin: float,
+def calibrate(model_dir: str, data_dir: str, frr: str, confidence: float, method: str, margin: float,
               device: str) -> None:
     """Set the accept/review/reject band of a RUN_DIR or BUNDLE_DIR from held-out images."""
     from edgekit.evaluate.calibration import calibrate_cli
 
+    if frr != "auto":
+        try:
+            frr = float(frr)
+        except ValueError:
+            raise ConfigError(f"--frr {frr!r}: give a rate such as 0.005 (0.5 %) or auto") from None
     calibrate_cli(model_dir, data_dir, frr=frr, confidence=confidence, method=method, margin=margin, device=device)
 
 

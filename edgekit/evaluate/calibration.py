@@ -160,6 +160,27 @@ def min_good_images(frr: float, confidence: float) -> int:
     return n
 
 
+def tightest_frr(n: int, confidence: float) -> float:
+    """The smallest false-reject rate ``n`` good images can bound at ``confidence`` with the
+    quantile method (the edge at the highest score): 1 − (1 − confidence)^(1/n), rounded up in
+    the 4th significant digit so ``min_good_images`` of it is at most ``n``; 1.0 for n = 0."""
+    if n < 1:
+        return 1.0
+    p = -math.expm1(math.log1p(-confidence) / n)
+    step = 10.0 ** (math.floor(math.log10(p)) - 3)  # 4 significant digits, rounded up
+    q = math.ceil(p / step - 1e-9) * step
+    while q < 1.0 and min_good_images(q, confidence) > n:
+        q += step
+    return float(f"{min(q, 1.0 - 1e-9):.4g}")
+
+
+def _too_few(n: int, frr: float, confidence: float, need: int, where: str = "") -> str:
+    best = tightest_frr(n, confidence)
+    return (f"{n} held-out good images are too few to bound a false-reject rate of {frr * 100:.3g} % at "
+            f"{confidence * 100:.3g} % confidence: need at least {need}{where}; the tightest rate {n} images can bound is "
+            f"{best * 100:.3g} % (--frr auto uses it; or add good images, or --method evt)")
+
+
 def frr_upper_bound(m: int, n: int, confidence: float) -> float:
     """Upper ``confidence`` bound on the false-reject rate of an edge with m of n calibration
     scores at or above it: the u with P(Binomial(n, u) >= m) = confidence (bisection)."""
@@ -190,11 +211,7 @@ def quantile_edge(good_scores: Any, frr: float, confidence: float) -> tuple[floa
     n = s.size
     need = min_good_images(frr, confidence)
     if n < need:
-        raise DataError(
-            f"{n} held-out good images are too few to bound a false-reject rate of {frr:.4g} ({frr * 100:.3g} %) "
-            f"at {confidence * 100:.3g} % confidence with the quantile method: need at least {need} "
-            f"(add good images, raise --frr, or use --method evt)"
-        )
+        raise DataError(_too_few(n, frr, confidence, need))
     # largest m with P(Bin(n, frr) >= m) >= confidence; the tail falls as m grows
     sf = _binom_sf_all(n, frr)
     m = int(np.flatnonzero(sf[1 : n + 1] >= confidence)[-1]) + 1
@@ -583,7 +600,7 @@ def write_calibration(model_dir: str | Path, cal: Calibration, spec: Any) -> Pat
 
 
 def calibrate_model(
-    model_dir: str | Path, data_dir: str | Path, *, frr: float = 0.005, confidence: float = 0.95,
+    model_dir: str | Path, data_dir: str | Path, *, frr: float | str = 0.005, confidence: float = 0.95,
     method: str = "quantile", margin: float = 0.0, device: str = "cpu", write: bool = True, quiet: bool = True,
     **kw: Any,
 ) -> tuple[Calibration, dict[str, Any]]:
@@ -597,18 +614,20 @@ def calibrate_model(
 
     if method not in METHODS:
         raise DataError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
-    _check_rate(frr, confidence)
     mdir = Path(model_dir)
     run_info = _run_info_for(mdir)
     images = collect_images(data_dir, run_info)
+    if frr == "auto":  # the tightest rate these images can bound
+        frr = tightest_frr(len(images.goods), confidence)
+        if not quiet:
+            print(f"--frr auto: {len(images.goods)} held-out good images bound at best {frr * 100:.3g} % "
+                  f"at {confidence * 100:.3g} % confidence")
+    frr = float(frr)
+    _check_rate(frr, confidence)
     if method == "quantile":  # say so before spending minutes scoring
         need = min_good_images(frr, confidence)
         if len(images.goods) < need:
-            raise DataError(
-                f"{data_dir}: {len(images.goods)} held-out good images are too few to bound a false-reject rate of "
-                f"{frr * 100:.3g} % at {confidence * 100:.3g} % confidence: need at least {need} in test/good "
-                "(add good images, raise --frr, or use --method evt)"
-            )
+            raise DataError(f"{data_dir}: {_too_few(len(images.goods), frr, confidence, need, ' in test/good')}")
     if method == "coverage" and not images.defects:
         raise DataError(f"{data_dir}: the coverage method needs labelled defect images in test/<defect_type>/; "
                         "with good images only use --method quantile or evt")
@@ -622,7 +641,7 @@ def calibrate_model(
     cal = calibrate(good, bad if bad.size else None, method=method, frr=frr, confidence=confidence, margin=margin,
                     data_hash=data_hash, **kw)
     cal.details["sources"] = images.sources
-    facts: dict[str, Any] = {"sources": images.sources, "n_good": int(good.size), "n_defect": int(bad.size),
+    facts: dict[str, Any] = {"frr": frr, "sources": images.sources, "n_good": int(good.size), "n_defect": int(bad.size),
                              "skipped": skipped}
     facts["in_sample"] = {"false_rejects": int(np.sum(good >= cal.reject_edge)), "n": int(good.size),
                           "frr": float(np.mean(good >= cal.reject_edge)) if good.size else None}
@@ -638,7 +657,7 @@ def calibrate_model(
     return cal, facts
 
 
-def calibrate_cli(model_dir: str, data_dir: str, *, frr: float, confidence: float, method: str, margin: float,
+def calibrate_cli(model_dir: str, data_dir: str, *, frr: float | str, confidence: float, method: str, margin: float,
                   device: str = "cpu") -> dict[str, Any]:
     """Run ``calibrate_model`` and print what a line engineer needs to judge the edge."""
     cal, facts = calibrate_model(model_dir, data_dir, frr=frr, confidence=confidence, method=method, margin=margin,
@@ -660,6 +679,7 @@ def calibrate_cli(model_dir: str, data_dir: str, *, frr: float, confidence: floa
                  f"GPD tail above {d['tail_threshold']:.4g} ({d['n_tail']} images), xi {d['xi']:.3f}, point "
                  f"estimate {d['point_edge']:.6g}; approximate bound, see docs")
         print(f"{cal.method}: {band} ({extra})")
+        frr = facts["frr"]  # --frr auto: the rate chosen
         print(f"requested false-reject rate: {frr * 100:.3g} % at {confidence * 100:.3g} % confidence")
         ins = facts["in_sample"]
         print(f"measured false-reject rate on the calibration images: {ins['frr'] * 100:.3g} % "

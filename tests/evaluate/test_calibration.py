@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgekit.errors import DataError
 from edgekit.evaluate import calibration as C
@@ -216,3 +218,32 @@ def test_cross_check_counts_left_out_false_rejects():
     assert cc["frr"] < 0.05  # the bound is conservative: well below 2 % + noise
     skipped = C.cross_check(good[:150], method="quantile", frr=0.005, confidence=0.95)
     assert "need" in skipped["skipped"] and "598" in skipped["skipped"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=3000), st.sampled_from([0.9, 0.95, 0.99]))
+def test_tightest_frr_is_the_smallest_rate_n_images_can_bound(n: int, confidence: float) -> None:
+    from edgekit.evaluate.calibration import min_good_images, tightest_frr
+
+    q = tightest_frr(n, confidence)
+    assert min_good_images(q, confidence) <= n
+    assert q * 0.998 <= 0 or min_good_images(q * 0.998, confidence) > n  # 0.2 % tighter: not boundable
+
+
+def test_too_few_images_names_the_tightest_rate_and_frr_auto_uses_it(tiny_run, tiny_dataset, tmp_path) -> None:
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # calibrate writes into the run
+
+    r = CliRunner().invoke(main, ["calibrate", str(tiny_run), "--data", str(tiny_dataset)])
+    assert r.exit_code != 0 and "the tightest rate" in r.output and "--frr auto" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["calibrate", str(tiny_run), "--data", str(tiny_dataset), "--frr", "auto"])
+    assert r.exit_code == 0, r.output
+    assert "--frr auto:" in r.output and "bound at best" in r.output
+    r = CliRunner().invoke(main, ["calibrate", str(tiny_run), "--data", str(tiny_dataset), "--frr", "half"])
+    assert r.exit_code != 0 and "--frr 'half'" in r.output
