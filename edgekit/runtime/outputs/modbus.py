@@ -118,6 +118,7 @@ class ModbusOutput(Output):
         self.reconnects = 0
         self.acks_missed = 0
         self.close_errors = 0  # closing an already broken connection failed (counted, logged once each)
+        self._controls: list[tuple[str, str, int]] = []
 
     def roles(self) -> set[str]:
         roles = {"heartbeat", "ready"}
@@ -162,6 +163,18 @@ class ModbusOutput(Output):
         out = list(self._errors)
         self._errors.clear()
         return out
+
+    def pop_controls(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            out, self._controls = self._controls, []
+        return out
+
+    def reset_fault(self) -> None:
+        """Daemon.control reset (from another output or the operator): clear the latched faults."""
+        with self._lock:
+            self.fault_code = 0
+            self.status &= ~(FAULT | ACK_TIMEOUT)
+        self._put(("write_a",))
 
     # ------------------------------------------------------------------ line interface
     def _put(self, item: Any, force: bool = False) -> None:
@@ -265,9 +278,10 @@ class ModbusOutput(Output):
             reset = bool(regs[2] & CMD_RESET_FAULT) and not (self.cmd & CMD_RESET_FAULT)
             self.cmd = regs[2]
             self.plc_part_id = (regs[3] << 16) | regs[4]
-            if reset:  # rising edge of RESET_FAULT clears latched faults
+            if reset:  # rising edge of RESET_FAULT clears latched faults, here and (Daemon.control) elsewhere
                 self.fault_code = 0
                 self.status &= ~(FAULT | ACK_TIMEOUT)
+                self._controls.append(("reset_fault", f"modbus:{self.name}", now))
             if self._pending_ack is not None:
                 seq, deadline = self._pending_ack
                 if self.ack_seq == seq:

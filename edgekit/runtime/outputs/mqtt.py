@@ -145,6 +145,7 @@ class MqttOutput(Output):
         self.run_uid = uuid.uuid4().hex[:8]
         self._in: queue.Queue[Any] = queue.Queue()
         self._errors: collections.deque[str] = collections.deque(maxlen=100)
+        self.notes: list[str] = []  # startup notes (the daemon logs them as warnings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.outbox = Outbox(cfg.outbox_path, cfg.outbox_max_rows, cfg.outbox_drop)
@@ -190,8 +191,8 @@ class MqttOutput(Output):
         self._tls = tls_context(self.cfg)
         self.outbox.open(f"outputs.{self.name}")
         if len(self.outbox):
-            self._errors.append(f"{len(self.outbox)} results from an earlier run are still in the outbox "
-                                f"{self.outbox.path}; sending them first")
+            self.notes.append(f"outputs.{self.name}: {len(self.outbox)} results from an earlier run are still in "
+                              f"the outbox {self.outbox.path}; sending them first")
         self._next_connect = self.clock()
         self._next_health = self.clock()
         self._thread = threading.Thread(target=self._loop, name=f"mqtt-{self.name}", daemon=True)
