@@ -90,6 +90,19 @@ def _output(name: str, plc: PlcServer):
         return cls(m(pins={"reject": 7}))
     if name == "modbus":
         return cls(m(host="127.0.0.1", port=plc.port, reject_coil=1))
+    if name in ("modbus_server", "opcua", "mqtt"):  # servers on a free loopback port; MQTT with no broker there
+        import socket
+        import tempfile
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if name == "modbus_server":
+            return cls(m(port=port, shutdown_drain_s=0))
+        if name == "opcua":
+            return cls(m(endpoint=f"opc.tcp://127.0.0.1:{port}", process="line", shutdown_linger_s=0))
+        return cls(m(host="127.0.0.1", port=port, station="contract", shutdown_drain_s=0,
+                     outbox_path=tempfile.mkdtemp() + "/outbox.db"))
     raise AssertionError(f"no contract config for output {name!r}: add one here")
 
 
@@ -114,7 +127,8 @@ def test_output_contract(name) -> None:
         out.set_band(0.4, 0.5)
         out.close()
         out.close()
-        assert out.pop_errors() == [] or name == "modbus"
+        # outputs without their peer here report what they could not deliver (no PLC / broker / poll)
+        assert out.pop_errors() == [] or name in ("modbus", "modbus_server", "mqtt")
     finally:
         plc.stop()
 
