@@ -24,6 +24,30 @@ def _step(title: str) -> float:
     return time.perf_counter()
 
 
+def write_line_video(data: Path, path: Path, fps: float = 10.0) -> Path:
+    """The test images (good and defect, interleaved in name order) as an MP4 the way a line
+    camera would record them: ``edgekit run recipes/deploy/replay-fake-gpio.yaml`` replays it."""
+    import cv2
+
+    from edgekit.data.dataset import list_images
+
+    frames = sorted((p for d in sorted((data / "test").iterdir()) if d.is_dir() for p in list_images(d)),
+                    key=lambda p: (p.name, p.parent.name))
+    if not frames:
+        return path
+    first = cv2.imread(str(frames[0]), cv2.IMREAD_COLOR)
+    h, w = first.shape[:2]
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for f in frames:
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if img is not None:
+            vw.write(cv2.resize(img, (w, h)) if img.shape[:2] != (h, w) else img)
+    vw.release()
+    tmp.replace(path)
+    return path
+
+
 def run_demo(out_dir: str | Path, epochs: int | None = 10, n_parts: int = 200) -> dict[str, Any]:
     from edgekit.compile.build import build_bundle
     from edgekit.data.synth import write_synthetic_dataset
@@ -50,6 +74,7 @@ def run_demo(out_dir: str | Path, epochs: int | None = 10, n_parts: int = 200) -
     build_bundle(run, bundle, target="cpu")
     print(f"({time.perf_counter() - t:.1f} s)")
 
+    write_line_video(data, out / "line.mp4")  # what recipes/deploy/replay-fake-gpio.yaml replays
     t = _step("4/5 evaluate the bundle (onnxruntime, as on the device) on the test split")
     metrics = evaluate_cli(str(bundle), str(data), json_path=str(out / "eval.json"), report_path=str(out / "report.html"))
     print(f"({time.perf_counter() - t:.1f} s)")

@@ -209,14 +209,26 @@ def parse_run_config(data: dict[str, Any], source: str = "<run config>", base: P
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts, creating intermediate mappings."""
+    """Set ``a.b.c`` in nested dicts, creating intermediate mappings; a numeric part indexes a
+    list (``outputs.0.chip``)."""
     parts = key.split(".")
-    cur = data
-    for part in parts[:-1]:
-        nxt = cur.get(part)
-        if nxt is None:
-            nxt = cur[part] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key}: {part} is not a mapping")
-        cur = nxt
-    cur[parts[-1]] = value
+    cur: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise ConfigError(f"override {key}: {part} is not an index of the {len(cur)}-item list "
+                                  f"{'.'.join(parts[:i])}")
+            if last:
+                cur[int(part)] = value
+                return
+            cur = cur[int(part)]
+            continue
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[:i])} is not a mapping")
+        if last:
+            cur[part] = value
+            return
+        if cur.get(part) is None:
+            cur[part] = {}
+        cur = cur[part]

@@ -1082,14 +1082,27 @@ def run_cli(config: str | Path, check: bool = False, overrides: dict[str, Any] |
     cfg = load_run_config(config, overrides)
     if check:
         from edgekit.bundle.signing import load_trust
+        from edgekit.runtime.check import check_resources
 
-        bundle = load_bundle(cfg.bundle, trust=load_trust(cfg.trust))
-        Band.resolve(bundle.thresholds, cfg.decision.accept_edge, cfg.decision.reject_edge)
         CAMERAS.get(cfg.source.type)
         for o in cfg.outputs:
             OUTPUTS.get(o.type)
-        print(json.dumps({"ok": True, "config": str(config), "bundle_id": bundle.bundle_id,
+        checks = []
+        bundle_id = None
+        try:  # verified: schema, every file's sha256, the signature when trust is set
+            bundle = load_bundle(cfg.bundle, trust=load_trust(cfg.trust))
+            Band.resolve(bundle.thresholds, cfg.decision.accept_edge, cfg.decision.reject_edge)
+            bundle_id = bundle.bundle_id
+            checks.append({"what": "bundle", "status": "ok", "detail": f"{cfg.bundle}: {bundle_id} verified"})
+        except EdgekitError as exc:
+            checks.append({"what": "bundle", "status": "error", "detail": str(exc)})
+        checks += check_resources(cfg)
+        errors = [c for c in checks if c["status"] == "error"]
+        print(json.dumps({"ok": not errors, "config": str(config), "bundle_id": bundle_id, "checks": checks,
                           "resolved": cfg.model_dump(mode="json")}, indent=2))
+        if errors:
+            more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
+            raise ConfigError(f"{config}: {errors[0]['what']}: {errors[0]['detail']}{more}")
         return
     log = setup_logging(cfg.log.format, cfg.log.level)
     sys.setswitchinterval(0.0005)  # deadlines and the alive beat get the GIL quickly
