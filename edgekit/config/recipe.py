@@ -45,6 +45,20 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
 
 
+class MemoryConfig(StrictModel):
+    """``score.memory``: a nearest-normal-patch distance map added to the distillation maps
+    (edgekit/methods/memory.py). Absent (the default) = no memory: the graph is unchanged."""
+
+    size: int = Field(2048, ge=1, le=65536)  # bank entries (one MatMul column each)
+    fit: Literal["coreset", "kmeans"] = "coreset"  # greedy k-centre coreset or k-means centres
+    # indices into the teacher stages the method reads (0 = shallowest; lite0 rd: 1 = stride 8, 2 = stride 16)
+    layers: tuple[int, ...] = (1, 2)
+    pool: int = Field(3, ge=1, le=7)  # local average over pool x pool positions (odd)
+    patches_per_tile: int = Field(128, ge=1, le=65536)  # positions sampled per training tile
+    iters: int = Field(10, ge=0, le=200)  # k-means Lloyd iterations
+    weight: float = Field(1.0, gt=0.0, le=16.0)  # weight of the normalised memory map in the sum
+
+
 class ScoreConfig(StrictModel):
     smoothing_sigma: float = Field(4.0, ge=0.0, le=32.0)
     # distillation methods: standardise each layer's 1 − cos map on the good training images before
@@ -52,6 +66,7 @@ class ScoreConfig(StrictModel):
     # the layer's variance as a prior), "layer" = one mean/std per layer, "none" = the paper's
     # plain sum. true/false (older recipes) mean "layer"/"none".
     layer_norm: Literal["position", "layer", "none"] = "position"
+    memory: MemoryConfig | None = None
 
     @field_validator("layer_norm", mode="before")
     @classmethod

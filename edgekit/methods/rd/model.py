@@ -4,7 +4,7 @@ trainable one-class bottleneck + student decoder; loss = Σ_layers mean(1 − co
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -32,7 +32,8 @@ class ReverseDistillation(DistillationModel):
 
     method_name = "rd"
 
-    def __init__(self, teacher: nn.Module, cfg: RdConfig, smoothing_sigma: float) -> None:
+    def __init__(self, teacher: nn.Module, cfg: RdConfig, smoothing_sigma: float, memory: Any = None,
+                 seed: int = 0) -> None:
         super().__init__()
         self.teacher = teacher
         for p in self.teacher.parameters():
@@ -41,8 +42,9 @@ class ReverseDistillation(DistillationModel):
         embed = max(16, int(round(ch[-1] * cfg.embed_factor)))
         self.bottleneck = OneClassBottleneck(ch, st, embed)
         self.decoder = StudentDecoder(embed, ch, st, width=cfg.decoder_width)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch),
-                                         map_stride=int(st[0]))
+        weights = self.attach_memory(ch, memory, seed)  # recipe score.memory (None: none)
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch) + (weights is not None),
+                                         map_stride=int(st[0]), weights=weights)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -60,8 +62,9 @@ class ReverseDistillation(DistillationModel):
         return total, {f"l{i}": float(v.detach()) for i, v in enumerate(losses)}
 
     def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
-        return cosine_distance_maps(*self._features(x))
+        """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep (then the memory's map)."""
+        t, s = self._features(x)
+        return self.with_memory(t, cosine_distance_maps(t, s))
 
 
 @METHODS.register("rd", family="distillation")
@@ -71,4 +74,5 @@ class RdMethod(MethodPlugin):
     default_layers = (1, 2, 3)
 
     def build(self, recipe: Recipe, cfg: RdConfig, backbone: nn.Module) -> AnomalyModel:
-        return ReverseDistillation(backbone, cfg, recipe.score.smoothing_sigma)
+        return ReverseDistillation(backbone, cfg, recipe.score.smoothing_sigma, recipe.score.memory,
+                                   recipe.train.seed)

@@ -4,7 +4,7 @@ smoothing → image score = max of the map. Used by rd, rrd and mrkd (export-fri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.methods.base import AnomalyModel, AnomalyOutput
+from edgekit.methods.memory import PatchMemory, build_memory
 
 
 def cosine_distance_maps(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -84,7 +85,8 @@ class DistillationScorer(nn.Module):
 
     MODES = ("layer", "position")
 
-    def __init__(self, sigma: float, combine: str = "sum", n_layers: int = 3, map_stride: int = 1) -> None:
+    def __init__(self, sigma: float, combine: str = "sum", n_layers: int = 3, map_stride: int = 1,
+                 weights: Sequence[float] | None = None) -> None:
         """Args:
             sigma: Gaussian smoothing in input pixels.
             combine: "sum" or "mean" of the layer maps.
@@ -95,6 +97,8 @@ class DistillationScorer(nn.Module):
                 a map at most that fine, so this is the same smooth surface up to discretisation,
                 at 1/stride² of the cost (lite0, stride 4: 64² instead of 256²; the full-size
                 1-channel blur and three full-size Resizes were ~2 ms of a 12 ms int8 run).
+            weights: per map, the weight of its normalised map in the sum (None: all 1, no
+                multiplication in the graph); the patch memory's map uses ``score.memory.weight``.
         """
         super().__init__()
         if combine not in ("sum", "mean"):
@@ -104,6 +108,9 @@ class DistillationScorer(nn.Module):
         self.combine = combine
         self.map_stride = int(map_stride)
         self.n_layers = int(n_layers)
+        if weights is not None and len(weights) != self.n_layers:
+            raise ValueError(f"{len(weights)} map weights for {self.n_layers} maps")
+        self.weights = None if weights is None else [float(w) for w in weights]
         self.smooth = GaussianSmoothing(sigma / self.map_stride)
         self.register_buffer("layer_shift", torch.zeros(n_layers))
         self.register_buffer("layer_scale", torch.ones(n_layers))
@@ -222,6 +229,8 @@ class DistillationScorer(nn.Module):
                 z = (m - pos_shift) * pos_scale
             else:
                 z = (m - self.layer_shift[i]) * self.layer_scale[i]
+            if self.weights is not None and self.weights[i] != 1.0:
+                z = z * self.weights[i]
             if (int(z.shape[-2]), int(z.shape[-1])) != work:
                 z = F.interpolate(z, size=work, mode="bilinear", align_corners=False)
             up.append(z)
@@ -241,10 +250,59 @@ class DistillationModel(AnomalyModel):
     fit of the per-layer normalisation are the same for all three."""
 
     scorer: DistillationScorer
+    # recipe ``score.memory``: nearest-normal-patch distance on the teacher features, scored as
+    # one more map after the layers' (``attach_memory``, submodule ``memory``); see ``patch_memory``
 
     def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer 1 − cos maps of a normalised batch, (N, 1, h_l, w_l) each, shallow → deep."""
+        """Per-layer 1 − cos maps of a normalised batch, (N, 1, h_l, w_l) each, shallow → deep,
+        then the patch memory's distance map where the recipe has one."""
         raise NotImplementedError
+
+    def attach_memory(self, channels: Sequence[int], memory_cfg: Any, seed: int = 0) -> list[float] | None:
+        """Build the recipe's patch memory (``score.memory``; None: none) for teacher stages of
+        ``channels``; returns the map weights for the scorer (None without a memory)."""
+        memory = build_memory(channels, memory_cfg)
+        self._memory_cfg = memory_cfg
+        self._memory_seed = int(seed)
+        if memory is None:
+            return None
+        self.memory = memory
+        return [1.0] * len(channels) + [float(memory_cfg.weight)]
+
+    def patch_memory(self) -> PatchMemory | None:
+        """The recipe's patch memory, None without one (no submodule, the graph of before)."""
+        mem = self._modules.get("memory")
+        return mem if isinstance(mem, PatchMemory) else None
+
+    def with_memory(self, teacher: list[torch.Tensor], maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``maps`` followed by the memory's distance map of the ``teacher`` features, if any."""
+        mem = self.patch_memory()
+        return maps if mem is None else [*maps, mem(teacher)]
+
+    @torch.no_grad()
+    def after_training(self, images: Iterable[torch.Tensor]) -> dict[str, Any]:
+        """Fit the patch memory's bank on the training tiles (before the score normalisation,
+        which then sees the memory map like the layers' maps)."""
+        mem = self.patch_memory()
+        if mem is None:
+            return {}
+        cfg = self._memory_cfg
+        teacher = self.memory_teacher()
+        feats = ([f.detach() for f in teacher(x)] for x in images)
+        return mem.fit(feats, cfg.size, cfg.fit, cfg.patches_per_tile, cfg.iters, self._memory_seed)
+
+    def memory_teacher(self) -> nn.Module:
+        """The frozen encoder whose stage features the memory reads (``self.teacher``)."""
+        return self.teacher  # type: ignore[no-any-return]
+
+    def export_info(self) -> dict[str, Any]:
+        mem = self.patch_memory()
+        if mem is None or not mem.size:
+            return {}
+        from edgekit.methods.memory import bank_sha256
+
+        return {"memory": {"size": mem.size, "dim": mem.dim, "layers": list(mem.layers),
+                           "bank_sha256": bank_sha256(mem.centres())}}
 
     @torch.no_grad()
     def fit_score_normalisation(self, images: Iterable[torch.Tensor], mode: str = "position",
