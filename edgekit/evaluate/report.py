@@ -108,7 +108,7 @@ def _hist_plot(y: np.ndarray, s: np.ndarray, accept: float | None, reject: float
     plt = _mpl()
     from matplotlib.patches import Patch
 
-    fig, ax = plt.subplots(figsize=(11.5, 4.6))
+    fig, (ax, zx) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [3, 2]})
     edges_all = [v for v in (accept, reject, threshold) if v is not None]
     lo, hi = float(min([s.min(), *edges_all])), float(max([s.max(), *edges_all]))
     pad = (hi - lo) * 0.04 or 1.0
@@ -134,6 +134,28 @@ def _hist_plot(y: np.ndarray, s: np.ndarray, accept: float | None, reject: float
             handles += [Patch(color=REVIEW_SHADE, alpha=0.5, label="review")]
         handles += [Patch(color=REJECT_SHADE, alpha=0.3, label=f"reject  \u2265 {reject:.4g}")]
     ax.legend(handles=handles, loc="upper right", framealpha=0.95)
+    # the region that decides: where good and defect scores meet around the edges, on its own axis
+    marks = [v for v in (accept, reject, threshold) if v is not None]
+    if good.size:
+        marks.append(float(good.max()))
+    if bad.size:
+        marks.append(float(bad.min()))
+    z_lo, z_hi = min(marks), max(marks)
+    span = (z_hi - z_lo) or (abs(z_hi) * 0.05 + 1e-6)
+    z_lo, z_hi = z_lo - 0.6 * span, z_hi + 0.6 * span
+    zbins = np.linspace(z_lo, z_hi, 40)
+    _shade_band(zx, z_lo, z_hi, accept, reject)
+    if good.size:
+        zx.hist(good[(good >= z_lo) & (good <= z_hi)], bins=zbins, color=GOOD_COLOR, alpha=0.65)
+    if bad.size:
+        zx.hist(bad[(bad >= z_lo) & (bad <= z_hi)], bins=zbins, color=DEFECT_COLOR, alpha=0.55)
+    for v, st in ((float(good.max()) if good.size else None, ":"), (float(bad.min()) if bad.size else None, "-.")):
+        if v is not None:
+            zx.axvline(v, color="#444", lw=1, ls=st)
+    zx.yaxis.set_major_locator(MaxNLocator(integer=True))
+    zx.set(xlim=(z_lo, z_hi), xlabel="Image anomaly score (zoom)",
+           title="Decision region: highest good (dotted) / lowest defect (dash-dot)")
+    fig.tight_layout()
     return _fig_uri(fig)
 
 
@@ -324,15 +346,20 @@ def write_report(path: str | Path, result: EvalResult, metrics: dict[str, Any] |
     parts: list[str] = []
     title = f"edgekit evaluation — {result.name}" if result.name else "edgekit evaluation"
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts.append(f"<h1>{html.escape(title)}</h1><p class='sub'>data: {html.escape(result.data or '-')} · "
-                 f"{m['n_images']} images ({m['n_good']} good, {m['n_defect']} defect) · written {now}</p>")
+    ids = " · ".join(f"{k} {html.escape(str(result.info[k]))}" for k in ("bundle_id", "edgekit_version")
+                     if result.info.get(k))
+    parts.append(f"<h1>{html.escape(title)}</h1><p class='sub'>data: {html.escape(shown(result.data or '-'))} · "
+                 f"{m['n_images']} images ({m['n_good']} good, {m['n_defect']} defect) · written {now}"
+                 f"{' · ' + ids if ids else ''}</p>")
 
     f1 = (m.get("f1_best") or {}).get("f1")
     kpis = [
         ("Image AUROC", _fmt(m.get("image_auroc"))),
         ("Best F1", _fmt(f1)),
         ("Coverage", _fmt(cov["coverage"], pct=True) if cov else _fmt(None)),
-        ("Review share", _fmt(cov["review_share"], pct=True) if cov else _fmt(None)),
+        # the share the band that ships sends to review (0 when accept edge = reject edge), not the
+        # coverage band's: that one is in the Decisions section
+        ("Review share (shipped band)", _fmt(m["band"]["review_share"], pct=True) if m.get("band") else _fmt(None)),
         ("Pixel AUROC", _fmt(m.get("pixel_auroc"))),
         (f"PRO (FPR \u2264 {m.get('pro_fpr_limit', 0.3):g})", _fmt(m.get("pro"))),
     ]
@@ -412,15 +439,19 @@ def write_report(path: str | Path, result: EvalResult, metrics: dict[str, Any] |
     # gallery: ranked by how wrong they are under the band (or the threshold)
     recs = result.records
     vmin, edge, vmax = _colour_scale(recs, reject)
-    goods = sorted((r for r in recs if r.label == 0), key=lambda r: -r.score)[:GALLERY_N]
-    defects = sorted((r for r in recs if r.label == 1), key=lambda r: r.score)[:GALLERY_N]
+    # only the real errors under the band shown (good not accepted, defect accepted), or "none"
+    a_edge = accept if accept is not None else thr
+    goods = sorted((r for r in recs if r.label == 0 and a_edge is not None and r.score >= a_edge),
+                   key=lambda r: -r.score)[:GALLERY_N]
+    defects = sorted((r for r in recs if r.label == 1 and a_edge is not None and r.score < a_edge),
+                     key=lambda r: r.score)[:GALLERY_N]
     parts.append("<h2>Hardest images</h2><p class='note'>Left: image; right: anomaly map overlay on one colour "
                  f"scale for all images: blue = {vmin:.4g}, green = {edge:.4g}{' (the reject edge)' if reject is not None else ''}, "
                  f"red \u2265 {vmax:.4g}; white outline: ground-truth defect.</p>")
-    parts.append(_gallery("Worst false rejects: good images with the highest scores",
+    parts.append(_gallery("False rejects and reviews: good images not accepted, highest score first",
                           "Highest first; the badge is the decision under the band shown above (a good image that is "
                           "not accepted is a false reject or goes to review).", goods, accept, reject, vmin, vmax))
-    parts.append(_gallery("Worst false accepts: defect images with the lowest scores",
+    parts.append(_gallery("False accepts: defect images accepted, lowest score first",
                           "Lowest first; a defect image marked accept is a false accept.", defects, accept, reject,
                           vmin, vmax))
 

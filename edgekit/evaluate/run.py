@@ -44,7 +44,11 @@ def score_test_set(scorer: Scorer, data_dir: str | Path, keep_maps: bool = True,
             mask = np.zeros(amap.shape, dtype=bool)
         records.append(ImageRecord(str(s.path), int(s.label), s.defect_type, float(score),
                                    amap.astype(np.float32) if keep_maps else None, mask))
-    info = {"scorer": scorer.kind, "seconds": round(time.perf_counter() - t0, 2),
+    from edgekit import __version__
+
+    info = {"scorer": scorer.kind, "bundle_id": scorer.info.get("bundle_id") or "- (a run, not a bundle)",
+            "edgekit_version": __version__, "model edgekit_version": scorer.info.get("edgekit_version"),
+            "seconds": round(time.perf_counter() - t0, 2),
             "method": scorer.info.get("method"), "backbone": scorer.info.get("backbone")}
     cal = scorer.thresholds if scorer.thresholds and scorer.thresholds.get("threshold") is not None else None
     return EvalResult(records, name=str(data_dir), data=str(data_dir), calibration=cal, info=info), skipped

@@ -83,10 +83,12 @@ def test_report_is_valid_self_contained_html(tmp_path):
     res = EvalResult(recs, name="runs/demo", data=str(tmp_path), calibration=cal.to_dict(), info={"method": "cse"})
     out = write_report(tmp_path / "sub" / "report.html", res)
     text, imgs = _check_html(out)
-    # ROC, PR, histogram, per-type plot + 2 galleries (7 goods, 5 defects)
-    assert len(imgs) == 4 + 7 + 5
+    # ROC, PR, histogram, per-type plot + the galleries: only images the band does not accept /
+    # accepts wrongly (a coverage band on separable scores: none of either)
+    n_err = sum(1 for r in recs if (r.label == 0) == (r.score >= cal.accept_edge))
+    assert len(imgs) == 4 + n_err
     for needle in ("Image AUROC", "Coverage", "Review share", "PRO", "Per defect type", "scratch", "dent",
-                   "Worst false rejects", "Worst false accepts", "Calibration", "coverage"):
+                   "False rejects and reviews", "False accepts", "Calibration", "coverage"):
         assert needle in text
 
 
@@ -95,7 +97,7 @@ def test_report_without_maps_or_defects(tmp_path):
     out = write_report(tmp_path / "r.html", EvalResult(recs, name="goods only"))
     text, imgs = _check_html(out)
     assert "n/a" in text  # AUROC undefined without defects, shown as n/a instead of crashing
-    assert len(imgs) == 1 + 7  # histogram + good gallery (images without maps)
+    assert len(imgs) == 1  # histogram only: no band and no defects, so no image is shown as an error
     with pytest.raises(DataError, match="no evaluated images"):
         write_report(tmp_path / "x.html", EvalResult([]))
 
@@ -116,3 +118,24 @@ def test_evaluate_cli_writes_every_metric_and_report(tiny_bundle, tiny_dataset, 
     out = capsys.readouterr().out
     assert "coverage:" in out and "best F1:" in out
     _check_html(tmp_path / "r.html")
+
+
+def test_report_shows_the_shipped_band_the_real_errors_and_the_ids(tmp_path) -> None:
+    """A shipped band with accept edge = reject edge has no review share; the galleries hold only
+    images the band gets wrong (or say none); the bundle id and version are in the header."""
+    recs = _records(tmp_path)
+    goods = sorted(r.score for r in recs if r.label == 0)
+    edge = (goods[-1] + goods[-2]) / 2  # one good image above it: exactly one false reject
+    lowest_defect = min(r.score for r in recs if r.label == 1)
+    cal = {"threshold": edge, "accept_edge": edge, "reject_edge": edge, "source": "provisional: test"}
+    res = EvalResult(recs, name="bundle", data=str(tmp_path), calibration=cal,
+                     info={"bundle_id": "abc123def4567890", "edgekit_version": "9.9.9"})
+    text, imgs = _check_html(write_report(tmp_path / "r.html", res))
+    assert "abc123def4567890" in text and "edgekit_version 9.9.9" in text
+    kpi = re.search(r"<div class='v'>([^<]*)</div><div class='l'>Review share \(shipped band\)", text)
+    assert kpi and kpi.group(1) == "0.00 %"
+    fr = text.split("False rejects and reviews")[1].split("<h3>")[0]
+    assert fr.count("<figure") == 1  # only the good image above the edge, not the top-N goods
+    fa = text.split("False accepts")[1]
+    assert ("none" in fa.split("</p>")[0]) == (lowest_defect >= edge)
+    assert len(imgs) >= 3  # ROC, PR, histogram with its zoom panel
