@@ -6,6 +6,7 @@ the daemon counts it) rather than delaying decisions."""
 
 from __future__ import annotations
 
+import errno
 import queue
 import threading
 from collections import deque
@@ -50,6 +51,8 @@ class Archive:
         self.written = 0
         self.deleted = 0
         self.skipped = 0
+        self.at_quota = False  # the last write deleted older images to make room (PLC STATUS.ARCHIVE_FULL)
+        self.disk_full = False  # the last write failed for lack of space (ENOSPC/EDQUOT: FAULT_CODE 6)
 
     def open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,7 @@ class Archive:
             return False
 
     def _enforce(self, incoming: int) -> None:
+        self.at_quota = self._used + incoming > self.quota_bytes
         while self._files and self._used + incoming > self.quota_bytes:
             p, size = self._files.popleft()
             try:
@@ -97,8 +101,15 @@ class Archive:
             return
         self._enforce(len(data))
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.disk_full = True
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(path)
+        self.disk_full = False
         self._files.append((path, len(data)))
         self._used += len(data)
         self.written += 1

@@ -37,6 +37,25 @@ def libc() -> Any:
     return _libc or None
 
 
+def clock_synchronised() -> bool | None:
+    """Whether the kernel considers the system clock synchronised (NTP/chrony/PTP discipline it):
+    adjtimex(2) with modes 0 reads the state; TIME_ERROR (5) means unsynchronised. None where the
+    call is not available. Event timestamps and reports are wall-clock; a drifting clock misleads
+    the plant's records (PLC FAULT_CODE 7)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buf = ctypes.create_string_buffer(512)  # struct timex (208 bytes on 64-bit), modes = 0: read only
+        state = libc.adjtimex(buf)
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != 5
+
+
 def set_timer_slack(ns: int = 1) -> bool:
     """``prctl(PR_SET_TIMERSLACK, ns)``: timer wake-ups of this thread are not deferred by the
     default 50 µs slack. False where prctl is unavailable."""

@@ -763,10 +763,14 @@ class Daemon:
         """Deadlines (fail-safe for late parts) and the alive beat that keeps the heartbeat going."""
         period_s = self.cfg.health.heartbeat_period_ms / 1e3 / 2
         next_alive = 0.0
+        next_station = 0.0
         while not self._stop_line.is_set():
             now = time.monotonic_ns()
             for f in self.tracker.expired(now):
                 self._decide_failsafe(f, "late")
+            if time.monotonic() >= next_station and self.line is not None:
+                self._station_signals()
+                next_station = time.monotonic() + 5.0
             if time.monotonic() >= next_alive and self.line is not None:
                 healthy = self._healthy(now)
                 self.metrics.healthy.set(1 if healthy else 0)
@@ -776,6 +780,25 @@ class Daemon:
             wait_s = min(period_s, max(0.0, (dl - time.monotonic_ns()) / 1e9) if dl is not None else period_s)
             with self._line_cv:
                 self._line_cv.wait(max(wait_s, 0.0005))
+
+    def _station_signals(self) -> None:
+        """Conditions the PLC sees (docs/plc.md): STATUS.ARCHIVE_FULL while the archive deletes old
+        images to make room, FAULT_CODE 6 when it cannot write for lack of disk, FAULT_CODE 7 while
+        the system clock is not synchronised. Sent on change only."""
+        from edgekit.runtime.clock import clock_synchronised
+
+        a = self.archive
+        state = {"archive_full": bool(a is not None and a.at_quota), "disk_full": bool(a is not None and a.disk_full),
+                 "clock_unsync": clock_synchronised() is False}
+        last = getattr(self, "_station_state", {})
+        if state["archive_full"] != last.get("archive_full", False):
+            self.line.set_flag("archive_full", state["archive_full"])
+        for key, code, what in (("disk_full", 6, "archive disk full"), ("clock_unsync", 7, "system clock not synchronised")):
+            if state[key] and not last.get(key, False):
+                self.line.set_fault(code)
+                emit(self.log, logging.ERROR if code == 6 else logging.WARNING, "station_fault", code=code, fault=what)
+                self._events_note("fault", f"FAULT_CODE {code}: {what}")
+        self._station_state = state
 
     def _healthy(self, now_ns: int) -> bool:
         """False when inference is stuck on one frame, or frames wait and nothing moves, for

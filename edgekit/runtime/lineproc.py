@@ -209,6 +209,7 @@ class _LineLoop:
         # an encoder fault (lost edges) makes their placement unknown and they are rejected
         self.inflight: dict[int, tuple[int, int]] = {}  # part_id: (target count, capture time)
         self.failsafe_pulse_ms = float(spec.get("pulse_ms", 20.0))
+        self.output_fault = False  # a line write failed: FAULT_CODE 4 sent once (reset_fault re-arms)
         self.trig_seq_k: int = 0  # last trigger event seqno (kernel): a gap is a lost trigger
         self._wait_sample: tuple[int, int, int] | None = None  # probe sample before the current wait
 
@@ -233,6 +234,14 @@ class _LineLoop:
                 except Exception as exc:  # one broken output must not stop the others
                     self.stats["errors"] += 1
                     self.out_msgs.append(("error", o.name, repr(exc)))
+                    if not self.output_fault:  # FAULT_CODE 4 (docs/plc.md) to the outputs that report faults
+                        self.output_fault = True
+                        for other in self.outputs:
+                            if other is not o:
+                                try:
+                                    other.set_fault(4)
+                                except Exception:  # noqa: BLE001 - reporting must not break the pulse loop
+                                    self.stats["errors"] += 1
         # bookkeeping only after every line of this instant is driven
         for e, c in fired:
             target = self._target_ns(c)
@@ -285,7 +294,11 @@ class _LineLoop:
         elif kind == "fault":
             for o in self.outputs:
                 o.set_fault(msg[1])
+        elif kind == "flag":
+            for o in self.outputs:
+                getattr(o, "set_flag", lambda *_: None)(msg[1], msg[2])
         elif kind == "reset_fault":
+            self.output_fault = False
             for o in self.outputs:
                 if hasattr(o, "reset_fault"):
                     o.reset_fault()
@@ -603,6 +616,10 @@ class LineProcess:
 
     def set_fault(self, code: int) -> None:
         self._send(("fault", code))
+
+    def set_flag(self, name: str, on: bool) -> None:
+        """A station condition for outputs that report it (``archive_full``)."""
+        self._send(("flag", name, bool(on)))
 
     def reset_fault(self) -> None:
         """Every output clears its latched fault (``Daemon.control("reset_fault")``)."""

@@ -60,6 +60,9 @@ class Output:
     def set_fault(self, code: int) -> None:
         """A station fault to report (PLC FAULT_CODE, docs/plc.md); GPIO outputs ignore it."""
 
+    def set_flag(self, name: str, on: bool) -> None:
+        """A station condition that is not a fault (``archive_full``: PLC STATUS.ARCHIVE_FULL)."""
+
     def reset_fault(self) -> None:
         """Clear latched faults (``Daemon.control("reset_fault")``, e.g. from another output)."""
 

@@ -41,7 +41,12 @@ CMD_ENABLE, CMD_RESET_FAULT = 1, 2
 DECISION_CODES = {"accept": 1, "reject": 2, "review": 3}
 FAILSAFE_CODE = 4
 # failsafe reason → FAULT_CODE (docs/plc.md)
-FAULT_CODES = {"camera_down": 1, "missing_frame": 1, "backend_error": 2, "nan": 2, "late": 3, "overload": 3}
+FAULT_CODES = {"camera_down": 1, "missing_frame": 1, "bad_frame": 1, "decode_error": 1, "backend_error": 2, "nan": 2,
+               "late": 3, "overload": 3, "late_result_discarded": 3}
+# station faults that are not a part's fail-safe (Output.set_fault codes)
+FAULT_OUTPUT, FAULT_BUNDLE_REFUSED, FAULT_DISK_FULL, FAULT_CLOCK_UNSYNC = 4, 5, 6, 7
+# Output.set_flag names → STATUS bits
+FLAG_BITS = {"archive_full": ARCHIVE_FULL}
 # how a missed acknowledgement starts in pop_errors(): the daemon counts these apart from connection
 # errors (edgekit_plc_acks_missed_total vs edgekit_output_errors_total)
 ACK_MISSED = "PLC did not acknowledge result"
@@ -119,6 +124,7 @@ class ModbusOutput(Output):
         self.acks_missed = 0
         self.close_errors = 0  # closing an already broken connection failed (counted, logged once each)
         self._controls: list[tuple[str, str, int]] = []
+        self._cmd_seen = False  # the first read of CMD sets the baseline (no edge)
 
     def roles(self) -> set[str]:
         roles = {"heartbeat", "ready"}
@@ -211,6 +217,14 @@ class ModbusOutput(Output):
             self.status |= FAULT
         self._put(("write_a",))
 
+    def set_flag(self, name: str, on: bool) -> None:
+        bit = FLAG_BITS.get(name)
+        if bit is None:
+            return
+        with self._lock:
+            self.status = (self.status | bit) if on else (self.status & ~bit)
+        self._put(("write_a",))
+
     def publish_dict(self, d: dict[str, Any]) -> None:
         with self._lock:
             self.result_seq = self.result_seq % 65535 + 1  # wraps 65535 → 1 (0 = no result yet)
@@ -276,6 +290,11 @@ class ModbusOutput(Output):
                 self.plc_heartbeat_changed_ns = now
             self.ack_seq = regs[1]
             reset = bool(regs[2] & CMD_RESET_FAULT) and not (self.cmd & CMD_RESET_FAULT)
+            # CMD.ENABLE: its edges enable / disable rejection (Daemon.control); a PLC that never
+            # writes CMD leaves the station as configured
+            if self._cmd_seen and (regs[2] ^ self.cmd) & CMD_ENABLE:
+                self._controls.append(("enable" if regs[2] & CMD_ENABLE else "disable", f"modbus:{self.name}", now))
+            self._cmd_seen = True
             self.cmd = regs[2]
             self.plc_part_id = (regs[3] << 16) | regs[4]
             if reset:  # rising edge of RESET_FAULT clears latched faults, here and (Daemon.control) elsewhere
