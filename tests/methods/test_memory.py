@@ -148,3 +148,21 @@ def test_int8_build_with_memory_passes_its_auroc_gate(mem_run: Path, tiny_datase
     assert not [w for w in b.manifest["build"].get("degraded", []) if "AUROC" in w]
     q = int8["quantization"]
     assert any("MatMul" in n for n in q["float_compute_nodes"])  # the bank product stays float
+
+
+@pytest.mark.parametrize("method", [{"type": "rrd"}, {"type": "mrkd"}])
+def test_rrd_and_mrkd_take_the_memory_map(method: dict) -> None:
+    from edgekit.config.recipe import recipe_from_dict
+    from edgekit.train import build_model
+
+    d = copy.deepcopy(MEM_RECIPE)
+    d["method"] = method
+    model = build_model(recipe_from_dict(d), weights="none").eval()
+    assert model.scorer.n_layers == 4
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.after_training(iter([x]))
+    model.fit_score_normalisation(iter([x]))
+    maps = model.layer_maps(x)
+    assert len(maps) == 4 and maps[3].shape == (4, 1, 8, 8)
+    out = model(x)
+    assert out.map.shape == (4, 1, 64, 64) and torch.isfinite(out.score).all()

@@ -15,7 +15,7 @@ The eval forward is deterministic and traceable: masking depends only on ``self.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -55,7 +55,8 @@ class MaskedReverseDistillation(DistillationModel):
 
     method_name = "mrkd"
 
-    def __init__(self, teacher: nn.Module, cfg: MrkdConfig, smoothing_sigma: float) -> None:
+    def __init__(self, teacher: nn.Module, cfg: MrkdConfig, smoothing_sigma: float, memory: Any = None,
+                 seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.teacher = teacher
@@ -69,8 +70,9 @@ class MaskedReverseDistillation(DistillationModel):
             embed, ResBlock(embed, embed, stride=2), cfg.scconv_gn_groups, cfg.scconv_alpha
         )
         self.decoder = StudentDecoder(embed, ch, st, width=cfg.decoder_width)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch),
-                                         map_stride=int(st[0]))
+        weights = self.attach_memory(ch, memory, seed)  # recipe score.memory (None: none)
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch) + (weights is not None),
+                                         map_stride=int(st[0]), weights=weights)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -87,8 +89,9 @@ class MaskedReverseDistillation(DistillationModel):
         return total, {f"l{i}": float(v.detach()) for i, v in enumerate(losses)}
 
     def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
-        return cosine_distance_maps(*self._features(x))
+        """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep (then the memory's map)."""
+        t, s = self._features(x)
+        return self.with_memory(t, cosine_distance_maps(t, s))
 
 
 @METHODS.register("mrkd", family="distillation")
@@ -99,4 +102,5 @@ class MrkdMethod(MethodPlugin):
 
     def build(self, recipe: Recipe, cfg: MrkdConfig, backbone: nn.Module) -> AnomalyModel:
         check_stages("mrkd", backbone)
-        return MaskedReverseDistillation(backbone, cfg, recipe.score.smoothing_sigma)
+        return MaskedReverseDistillation(backbone, cfg, recipe.score.smoothing_sigma, recipe.score.memory,
+                                         recipe.train.seed)

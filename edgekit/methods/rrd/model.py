@@ -21,7 +21,7 @@ trainer's ``--data`` given several times trains it on several categories at once
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -75,7 +75,8 @@ class ResidualReverseDistillation(DistillationModel):
 
     method_name = "rrd"
 
-    def __init__(self, teacher: nn.Module, cfg: RrdConfig, smoothing_sigma: float) -> None:
+    def __init__(self, teacher: nn.Module, cfg: RrdConfig, smoothing_sigma: float, memory: Any = None,
+                 seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.teacher = teacher
@@ -102,8 +103,9 @@ class ResidualReverseDistillation(DistillationModel):
                 )
                 self.residual_at[j] = i
         self.layer_weights = AdaptiveLayerWeights(self.n_layers, cfg.adaptive_momentum, cfg.adaptive_weights)
-        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch),
-                                         map_stride=int(st[0]))
+        weights = self.attach_memory(ch, memory, seed)  # recipe score.memory (None: none)
+        self.scorer = DistillationScorer(smoothing_sigma, cfg.combine, n_layers=len(ch) + (weights is not None),
+                                         map_stride=int(st[0]), weights=weights)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
@@ -139,7 +141,7 @@ class ResidualReverseDistillation(DistillationModel):
     def layer_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer 1 − cos maps, (N, 1, h_l, w_l) each, shallow → deep."""
         t = self._teacher(x)
-        return cosine_distance_maps(t, self._student(t)[0])
+        return self.with_memory(t, cosine_distance_maps(t, self._student(t)[0]))
 
 
 def check_stages(method: str, backbone: nn.Module, min_stages: int = 3) -> None:
@@ -174,4 +176,5 @@ class RrdMethod(MethodPlugin):
                 raise ConfigError(
                     f"method.residual_stages: {bad} out of range for {n} stages (use indices 0..{n - 1})"
                 )
-        return ResidualReverseDistillation(backbone, cfg, recipe.score.smoothing_sigma)
+        return ResidualReverseDistillation(backbone, cfg, recipe.score.smoothing_sigma, recipe.score.memory,
+                                           recipe.train.seed)
