@@ -2,7 +2,12 @@
 
 Graph contract: input ``image`` uint8 (N, S, S, 3) RGB → outputs ``anomaly_map`` float32
 (N, 1, S, S) and ``score`` float32 (N,). Normalisation constants are initializers, so the
-device feeds decoded camera tiles directly."""
+device feeds decoded camera tiles directly.
+
+A distillation model with a patch memory (recipe ``score.memory``) exports its bank as one
+(D, M) initializer (``−2 Cᵀ``) and the nearest-entry distance as MatMul + Add + ReduceMin on the
+teacher features, inside the same graph; the branch starts with a Div, so INT8 keeps it in float
+(``quantize.scoring_tail``). ``_check_memory`` verifies the bank survived simplification."""
 
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ def export_onnx(model: AnomalyModel, spec: PreprocessSpec, path: str | Path, ops
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     onnx.checker.check_model(proto, full_check=True)
     _check_io(proto, s)
+    _check_memory(proto, model)
     onnx.save(proto, str(path))
     return path
 
@@ -82,6 +88,18 @@ def _check_io(proto: onnx.ModelProto, size: int) -> None:
     dims = ins[INPUT_NAME].type.tensor_type.shape.dim
     if [d.dim_value for d in dims[1:]] != [size, size, 3]:
         raise BundleError(f"exported graph input shape {[d.dim_value or d.dim_param for d in dims]} != (N, {size}, {size}, 3)")
+
+
+def _check_memory(proto: onnx.ModelProto, model: AnomalyModel) -> None:
+    mem = model.patch_memory() if hasattr(model, "patch_memory") else None
+    if mem is None:
+        return
+    want = (mem.dim, mem.size)
+    banks = [t.name for t in proto.graph.initializer if tuple(t.dims) == want]
+    users = [n for n in proto.graph.node if n.op_type == "MatMul" and any(i in banks for i in n.input)]
+    if len(users) != 1 or "ReduceMin" not in {n.op_type for n in proto.graph.node}:
+        raise BundleError(f"exported graph lost the patch memory (bank {want[0]}x{want[1]} → MatMul → ReduceMin); "
+                          "export with simplify=False and report it")
 
 
 def set_metadata(path: str | Path, props: dict[str, str]) -> None:
