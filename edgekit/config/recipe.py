@@ -101,7 +101,11 @@ def method_config(recipe: Recipe, source: str = "recipe") -> BaseModel:
     if not isinstance(mtype, str):
         raise ConfigError(f"{source}: method.type: required key is missing (valid: {', '.join(METHODS.names())})")
     plugin = METHODS.get(mtype)
-    return parse_model(plugin.Config, recipe.method, source, prefix="method")
+    cfg = parse_model(plugin.Config, recipe.method, source, prefix="method")
+    if recipe.score.memory is not None and getattr(plugin, "family", "") != "distillation":
+        raise ConfigError(f"{source}: score.memory: the patch memory applies to the distillation methods "
+                          f"(rd, rrd, mrkd), not {mtype}; remove the score.memory block")
+    return cfg
 
 
 def load_recipe(path: str | Path) -> Recipe:

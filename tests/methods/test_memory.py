@@ -166,3 +166,13 @@ def test_rrd_and_mrkd_take_the_memory_map(method: dict) -> None:
     assert len(maps) == 4 and maps[3].shape == (4, 1, 8, 8)
     out = model(x)
     assert out.map.shape == (4, 1, 64, 64) and torch.isfinite(out.score).all()
+
+
+def test_memory_on_a_non_distillation_method_is_one_line() -> None:
+    from edgekit.config.recipe import recipe_from_dict
+
+    d = copy.deepcopy(MEM_RECIPE)
+    d["method"] = {"type": "cse"}
+    with pytest.raises(ConfigError, match=r"^tiny: score.memory: the patch memory applies to the distillation "
+                                          r"methods \(rd, rrd, mrkd\), not cse; remove the score.memory block$"):
+        recipe_from_dict(d, "tiny")
