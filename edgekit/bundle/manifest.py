@@ -61,4 +61,51 @@ def upgrade(manifest: dict[str, Any], source: str = "manifest.json") -> dict[str
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
         raise BundleError(f"{source}: missing field(s) {', '.join(missing)}; rebuild the bundle with `edgekit build`")
+    _check_shapes(m, source)
     return m
+
+
+def _bad(source: str, what: str) -> BundleError:
+    return BundleError(f"{source}: {what}; the manifest is damaged or hand-edited: copy the bundle again or rebuild it")
+
+
+def _safe_name(name: Any) -> bool:
+    from pathlib import PurePosixPath
+
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    pp = PurePosixPath(name)
+    return not pp.is_absolute() and ".." not in pp.parts
+
+
+def _check_shapes(m: dict[str, Any], source: str) -> None:
+    """The types every reader of the manifest relies on, and file names that stay inside the bundle."""
+    if not isinstance(m.get("bundle_id"), str) or not m["bundle_id"]:
+        raise _bad(source, "bundle_id must be a non-empty string")
+    files = m.get("files")
+    if not isinstance(files, dict) or not all(_safe_name(k) and isinstance(v, str) for k, v in files.items()):
+        raise _bad(source, "files must map file names inside the bundle to sha256 strings")
+    models = m.get("models")
+    if not isinstance(models, dict) or not models:
+        raise _bad(source, "models must be a non-empty mapping")
+    for key, entry in models.items():
+        if not isinstance(entry, dict) or not _safe_name(entry.get("file")):
+            raise _bad(source, f"models.{key} must be a mapping with a file name inside the bundle")
+        if entry["file"] not in files:
+            raise _bad(source, f"models.{key}.file {entry['file']!r} is not in files (so it is not hash-checked)")
+    thr = m.get("thresholds")
+    if not isinstance(thr, dict):
+        raise _bad(source, "thresholds must be a mapping")
+    for k in ("threshold", "accept_edge", "reject_edge"):
+        v = thr.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise _bad(source, f"thresholds.{k} must be a number or null")
+    pre = m.get("preprocess")
+    if not isinstance(pre, dict):
+        raise _bad(source, "preprocess must be a mapping")
+    try:
+        from edgekit.data.preprocess import PreprocessSpec
+
+        PreprocessSpec.from_dict(pre)
+    except Exception as exc:  # noqa: BLE001 - any malformed field: refuse with its message
+        raise _bad(source, f"preprocess is not valid ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None

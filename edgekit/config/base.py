@@ -86,7 +86,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: file not found (check the path)")
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          "save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""

@@ -10,11 +10,12 @@ import pytest
 
 from edgekit.bundle.io import load_bundle, write_json_atomic
 from edgekit.bundle.manifest import FORMAT_NAME, FORMAT_VERSION, MIGRATIONS, upgrade
+from edgekit.data.preprocess import PreprocessSpec
 from edgekit.errors import BundleError
 
 V0 = {
     "format": FORMAT_NAME, "format_version": 0, "edgekit_version": "0.0.1", "bundle_id": "abc", "method": "rd",
-    "backbone": "tf_efficientnet_lite0", "preprocess": {"size": 64}, "inputs": [], "outputs": [],
+    "backbone": "tf_efficientnet_lite0", "preprocess": PreprocessSpec(size=64).to_dict(), "inputs": [], "outputs": [],
     "model": "model.onnx", "sha256": {"model.onnx": "00" * 32}, "threshold": 0.7, "created": "2026-01-01T00:00:00+00:00",
 }
 
