@@ -36,9 +36,11 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
-        d = dict(d)
-        d["mean"] = tuple(d["mean"])
-        d["std"] = tuple(d["std"])
+        d = dict(d)  # keys left out take the defaults (older and hand-made manifests)
+        if "mean" in d:
+            d["mean"] = tuple(d["mean"])
+        if "std" in d:
+            d["std"] = tuple(d["std"])
         return cls(**d)
 
 
