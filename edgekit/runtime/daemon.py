@@ -789,7 +789,8 @@ class Daemon:
 
         a = self.archive
         state = {"archive_full": bool(a is not None and a.at_quota), "disk_full": bool(a is not None and a.disk_full),
-                 "clock_unsync": clock_synchronised() is False}
+                 # a station camera only: replays and simulations on a workstation keep no plant records
+                 "clock_unsync": self.cfg.source.type not in ("sim", "video", "folder") and clock_synchronised() is False}
         last = getattr(self, "_station_state", {})
         if state["archive_full"] != last.get("archive_full", False):
             self.line.set_flag("archive_full", state["archive_full"])

@@ -78,6 +78,11 @@ def test_pushed_state_follows_the_daemon(tmp_path: Path) -> None:
                                      headers={"X-Edgekit-Token": "tok"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert json.loads(r.read())["enabled"] is (action == "enable")
+        # the page pushes the new state (wait for it rather than for a fixed time)
+        until = time.monotonic() + 10
+        while not any(st["line"]["rejection_enabled"] is (action == "enable") for st in states[-3:]):
+            assert time.monotonic() < until, f"no pushed state after {action}"
+            time.sleep(0.02)
     sim.join(120)
     reader.join(10)
     assert not sim.is_alive() and report
