@@ -164,3 +164,16 @@ class PlcProcess:
 
     def hr(self, offset: int, n: int = 1) -> list[int]:
         return self._probe.hr(offset, n)
+
+
+def wait_until(pred, timeout_s: float = 5.0, step_s: float = 0.02) -> bool:
+    """Poll ``pred`` until it is true or ``timeout_s`` passed (tests of real servers/threads,
+    where the wait is for another thread, never a timing assertion); returns the last answer."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step_s)
+    return bool(pred())

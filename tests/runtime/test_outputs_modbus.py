@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from rt_helpers import PlcProcess, PlcServer
+from rt_helpers import PlcProcess, PlcServer, wait_until
 
 from edgekit.runtime.outputs.modbus import (
     ACK_TIMEOUT,
@@ -21,12 +21,7 @@ from edgekit.runtime.outputs.modbus import (
 
 
 def _wait(pred, timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(pred, timeout_s)
 
 
 @pytest.fixture()

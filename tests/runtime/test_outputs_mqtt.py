@@ -17,6 +17,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from rt_helpers import wait_until
 
 from edgekit.errors import ConfigError
 from edgekit.runtime.outputs.mqtt import MqttOutput, MqttOutputConfig, credentials
@@ -110,13 +111,9 @@ class Subscriber:
         self.c.disconnect()
 
 
+
 def _wait(pred, timeout_s: float = 20.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
+    return wait_until(pred, timeout_s)
 
 
 def _decision(pid: int, kind: str = "accept") -> dict:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rt_helpers import PlcServer
+from rt_helpers import PlcServer, wait_until
 
 from edgekit.runtime.metrics import FAILSAFE_REASONS
 from edgekit.runtime.outputs import modbus as M
@@ -22,13 +22,9 @@ def _row(name: str) -> str:
     return next(line for line in DOC.splitlines() if line.startswith("| ") and f"| `{name}` |" in line)
 
 
+
 def _wait(pred, timeout_s: float = 5.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(pred, timeout_s)
 
 
 def test_every_failsafe_reason_and_station_fault_has_its_documented_code() -> None:
