@@ -155,9 +155,9 @@ def _gate(run: Any, tmp: Path, keys: list[str], eval_data: str | Path | None, th
             r["band"] = {**own, "n_images": es.n_images}
             r["decisions"] = dc = decision_check(ref, scores, es.labels, thresholds, own)
             if dc["harmful_flips_own_band"]:
-                refused.append(f"{key}: {dc['harmful_flips_own_band']} decision(s) differ from fp32 even at its own "
-                               f"band (false rejects of good images fp32 {dc['false_rejects']['fp32']} → "
-                               f"{key} {dc['false_rejects']['own_band']})")
+                refused.append(f"{key}: {dc['harmful_flips_own_band']} decision(s) worse than fp32's even at its own "
+                               f"band ({dc['new_false_rejects']} good image(s) fp32 accepts that {key} rejects, "
+                               f"{dc['new_false_accepts']} defect(s) fp32 rejects that {key} accepts)")
         if not quiet:
             auroc = (f"AUROC {r['auroc'] * 100:.2f} vs fp32 {ref_auroc * 100:.2f}" if r["auroc"] is not None
                      else "not accuracy-gated: no labelled data (pass --eval-data DIR with test/good and defects)")

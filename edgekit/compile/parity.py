@@ -184,10 +184,11 @@ def decision_check(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None,
     d_shared = decisions(test, band["accept_edge"], band["reject_edge"])
     d_own = decisions(test, own["accept_edge"], own["reject_edge"])
     good = np.ones(ref.shape, bool) if labels is None else labels == 0
-    harm = int(np.sum(good & (d_ref == 0) & (d_own == 2)))
-    if labels is not None:
-        harm += int(np.sum(~good & (d_ref == 2) & (d_own == 0)))
+    new_fr = int(np.sum(good & (d_ref == 0) & (d_own == 2)))
+    new_fa = int(np.sum(~good & (d_ref == 2) & (d_own == 0))) if labels is not None else 0
+    harm = new_fr + new_fa
     return {"n_good": int(good.sum()), "n_defect": int((~good).sum()),
+            "new_false_rejects": new_fr, "new_false_accepts": new_fa,
             "flips_shared_band": int(np.sum(d_ref != d_shared)), "flips_own_band": int(np.sum(d_ref != d_own)),
             "harmful_flips_own_band": harm,
             "false_rejects": {"fp32": int(np.sum(good & (d_ref == 2))), "shared_band": int(np.sum(good & (d_shared == 2))),
