@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sizes", default="1024,2048,4096")
     ap.add_argument("--fit", default="coreset", choices=["coreset", "kmeans"])
     ap.add_argument("--patches-per-tile", type=int, default=128)
+    ap.add_argument("--weight", type=float, default=1.0, help="score.memory.weight of the memory map")
     ap.add_argument("--memory-only-size", type=int, default=None, help="bank size of the memory-only row (default: middle)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=60)
@@ -105,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name, size, only in variants:
         d = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
         d = copy.deepcopy(d)
-        d["score"]["memory"] = {"size": size, "fit": args.fit, "patches_per_tile": args.patches_per_tile}
+        d["score"]["memory"] = {"size": size, "fit": args.fit, "patches_per_tile": args.patches_per_tile,
+                              "weight": args.weight}
         recipe = recipe_from_dict(d, name)
         model = build_model(recipe, weights="none")
         # the student's weights; the scorer's statistics (3 maps there, 4 here) are refitted below
