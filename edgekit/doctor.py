@@ -677,14 +677,15 @@ def check_cuda(params: DoctorParams, probes: Probes) -> CheckResult:
         rc, out = probes.run(["nvidia-smi", "-L"], params.timeout_s)
         if rc == 0 and "GPU" in out:
             evidence.append(out.strip().splitlines()[0])
+    ort_note = ""
     try:
         if "CUDAExecutionProvider" in probes.ort_providers():
             evidence.append("onnxruntime CUDA provider")
-    except Exception:  # noqa: BLE001 - reported by the providers check
-        pass
+    except Exception as exc:  # noqa: BLE001 - the providers check reports it with its fix
+        ort_note = f"; onnxruntime unusable ({exc.__class__.__name__})"
     if evidence:
         return _ok(name, "; ".join(evidence))
-    return _fail(name, "no CUDA device (/dev/nvhost-ctrl-gpu, /dev/nvidia*, nvidia-smi all absent)",
+    return _fail(name, f"no CUDA device (/dev/nvhost-ctrl-gpu, /dev/nvidia*, nvidia-smi all absent){ort_note}",
                  "on a Jetson: flash JetPack 6 (SDK Manager), then run firmware_scripts/provision.sh (puts the "
                  "service user in the video group); elsewhere use backend onnxruntime with device cpu",
                  optional=not params.need_cuda)
