@@ -20,13 +20,20 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _key_text(part: Any) -> str:
+    """A key as it can be printed on one line: a name with control characters, line or record
+    separators, or nothing printable in it is shown quoted and escaped (``'\\x1e'``)."""
+    text = str(part)
+    return text if text and text.isprintable() and text.strip() == text else repr(text)
+
+
 def _loc(loc: tuple[Any, ...], prefix: str) -> str:
     out = prefix
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{_key_text(part)}" if out else _key_text(part)
     return out or "<root>"
 
 
