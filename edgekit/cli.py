@@ -51,18 +51,47 @@ def data() -> None:
     """Create and convert datasets (MVTec AD layout)."""
 
 
+class _RegistryChoice(click.Choice):
+    """A click.Choice whose names come from a plug-in registry when first needed (parsing, help),
+    so the choices cannot drift from the registry and ``edgekit --help`` does not import it."""
+
+    def __init__(self, names: Callable[[], list[str]]) -> None:
+        self._names = names
+        self._cached: tuple[str, ...] | None = None
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        if self._cached is None:
+            self._cached = tuple(self._names())
+        return self._cached
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click.Choice.__init__ assigns it; the registry wins
+        pass
+
+
+def _synth_kinds() -> list[str]:
+    from edgekit.data.synth import SYNTH_KINDS
+
+    return SYNTH_KINDS.names()
+
+
 @data.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--kind", default="fabric", show_default=True, type=click.Choice(["fabric", "tiles"]),
-              help="Texture family: woven fabric or glazed tiles.")
+@click.option("--kind", default="fabric", show_default=True, type=_RegistryChoice(_synth_kinds),
+              help="Woven fabric, glazed tiles, or grey machined parts (mixed crop sizes, bright "
+                   "edges at the border; cracks, uneven surface, blowholes, breaks).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--n-train", default=120, show_default=True, type=int, help="Good training images.")
 @click.option("--n-test-good", default=40, show_default=True, type=int)
 @click.option("--n-test-defect", default=40, show_default=True, type=int, help="Defect images (spread over types).")
-@click.option("--size", default=256, show_default=True, type=int, help="Image side in pixels.")
+@click.option("--size", default=256, show_default=True, type=int,
+              help="Image side in pixels; for parts the typical long side (crops vary 0.6-1.5x around "
+                   "it, aspect ratio 1-2.8).")
 @_handle_errors
 def data_synth(out: str, kind: str, seed: int, n_train: int, n_test_good: int, n_test_defect: int, size: int) -> None:
-    """Write a synthetic textured dataset with defects and pixel masks to OUT."""
+    """Write a synthetic dataset with defects and pixel masks to OUT (MVTec AD layout)."""
     from edgekit.data.synth import write_synthetic_dataset
 
     summary = write_synthetic_dataset(

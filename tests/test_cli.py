@@ -121,7 +121,7 @@ def test_help_texts_are_whole_and_consistent() -> None:
     cmds = out.split("Commands:")[1]
     assert code == 0 and "..." not in cmds and "…" not in cmds
     code, out = _run("data", "synth", "--help")
-    assert "[fabric|tiles]" in out
+    assert "[fabric|parts|tiles]" in out
     code, out = _run("build", "--help")
     flat = " ".join(out.split())
     assert "RUN_DIR" in out and "MODEL_DIR" not in out and "bundle beside the run" in flat
