@@ -4,6 +4,7 @@ subscriber de-duplicates by part id, and the tests assert that no result is lost
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import random
@@ -50,7 +51,11 @@ class Broker:
         self.dir = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         self.conf = tmp / "mosquitto.conf"
+        # ``user``: started as root (CI), mosquitto drops to the ``mosquitto`` user, which cannot
+        # write the test's 0700 temp dir: no log, and no persistence, so the subscriber's session
+        # (and the messages queued for it) would not survive the restart. Run as whoever we are.
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"user {getpass.getuser()}\n"
                              f"persistence_location {tmp}/\nlog_dest file {tmp}/mosquitto.log\n")
         self.proc: subprocess.Popen | None = None
 
@@ -65,9 +70,12 @@ class Broker:
                 return self
             except OSError:
                 time.sleep(0.02)
-        logs = [p.read_text(errors="replace")[-2000:] for p in (self.dir / "mosquitto.stderr",
-                                                                self.dir / "mosquitto.log") if p.exists()]
-        raise RuntimeError(f"mosquitto did not start (exit {self.proc.poll()}): {logs}")
+        raise RuntimeError(f"mosquitto did not start (exit {self.proc.poll()}): {self.logs()}")
+
+    def logs(self) -> list[str]:
+        """The broker's stderr and log file (whichever exist), for failure messages."""
+        return [p.read_text(errors="replace")[-2000:] for p in (self.dir / "mosquitto.stderr",
+                                                               self.dir / "mosquitto.log") if p.exists()]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -162,7 +170,7 @@ def test_broker_outage_of_5_s_loses_no_result(broker, tmp_path) -> None:
             time.sleep(0.005)
         assert _wait(lambda: len({r["part_id"] for r in sub.results()}) == 300, 30), (
             sorted(set(range(300)) - {r["part_id"] for r in sub.results()}), out.stats(), out.pop_errors(),
-            (broker.dir / "mosquitto.log").read_text()[-3000:])
+            broker.logs())
         assert _wait(lambda: out.stats()["outbox_queued"] == 0, 10)
     finally:
         out.close()
