@@ -65,7 +65,7 @@ def test_loss_decreases_and_teacher_frozen() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] * 0.8
     for k, v in model.teacher.state_dict().items():
         assert torch.equal(v, before[k]), f"teacher changed: {k}"
