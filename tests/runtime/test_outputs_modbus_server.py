@@ -266,6 +266,26 @@ def test_trigger_handshake_and_control_bits_reach_the_line_process(server) -> No
         plc.close()
 
 
+def test_a_second_master_writing_control_coils_keeps_the_plcs_held_ack_a_register_write_releases_it() -> None:
+    """CONTROL written whole (FC06) replaces all five bits, RESULT_ACK included; a control coil
+    (FC05) changes its own bit only (docs/plc.md, two masters)."""
+    m = ms.ServerMap(fifo_depth=8, clock=lambda: 5)
+    for i in range(3):
+        m.publish(_decision(i))
+    assert m.write("c", ms.CONTROL_COILS + ms.C_RESULT_ACK, [True])  # the PLC takes result 1, holds the ack
+    assert m.read("c", ms.S_RESULT_VALID, 1) == [False]
+    assert m.write("c", ms.CONTROL_COILS + ms.C_RESET_FAULT, [True])  # an HMI presses RESET_FAULT by coil
+    assert m.read("c", ms.S_RESULT_VALID, 1) == [False] and m.ack_hold  # still held by the PLC
+    assert m.write("c", ms.CONTROL_COILS + ms.C_RESET_FAULT, [False])  # the HMI releases its button
+    assert m.write("c", ms.CONTROL_COILS + ms.C_RESULT_ACK, [False])  # the PLC clears: result 2 presented
+    assert m.presented == [1, 2] and m.read("c", ms.S_RESULT_VALID, 1) == [True]
+    assert m.write("c", ms.CONTROL_COILS + ms.C_RESULT_ACK, [True])  # takes result 2, holds the ack
+    assert m.write("h", ms.CONTROL, [1 << ms.C_RESET_FAULT])  # the HMI writes the whole register instead
+    assert not m.ack_hold and m.presented == [1, 2, 3]  # the ack was released: result 3 presented
+    assert m.acked == 2 and m.spurious_acks == 0
+    assert [c[0] for c in m.pop_controls()] == ["reset_fault", "reset_fault"]
+
+
 def test_port_in_use_is_one_clear_line() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -281,7 +301,8 @@ def test_port_in_use_is_one_clear_line() -> None:
 
 def test_simulated_line_results_reach_a_polling_plc_and_controls_reach_the_daemon(intensity_bundle, tmp_path) -> None:
     """The real daemon on the simulated conveyor (200 parts: 2 cores) with a fake GPIO reject line
-    and the Modbus server; the PLC polls every 10-100 ms, takes every result once and in order,
+    and the Modbus server (FIFO deeper than the run: how far the PLC falls behind depends on the
+    machine; overruns have their own test); the PLC polls every 10-100 ms, takes every result once and in order,
     each reject carrying its true station count as TARGET_COUNT; its RESET_FAULT and TRIGGER reach
     Daemon.control (the trigger is refused: the simulated camera is not software-triggered)."""
     from edgekit.config.run import parse_run_config
@@ -295,7 +316,7 @@ def test_simulated_line_results_reach_a_polling_plc_and_controls_reach_the_daemo
     port = _free_port()
     cfg = sim_config(bundle, data, tmp_path, "encoder", parts=200,
                      outputs=[{"type": "fake_gpio"},
-                              {"type": "modbus_server", "name": "plc", "port": port, "fifo_depth": 64,
+                              {"type": "modbus_server", "name": "plc", "port": port, "fifo_depth": 256,
                                "shutdown_drain_s": 10}],
                      encoder={"type": "sim", "speed_mm_s": 1000.0, "ticks_per_mm": 1.0},  # 100 parts/s
                      decision={"deadline_ms": 100.0})
@@ -303,12 +324,12 @@ def test_simulated_line_results_reach_a_polling_plc_and_controls_reach_the_daemo
     plc.start()
     sent = threading.Event()
 
-    def controls() -> None:  # once results flow: the PLC presses RESET_FAULT and TRIGGER
+    def controls() -> None:  # once results flow, a second master (an HMI) presses RESET_FAULT and TRIGGER
         while len(plc.results) < 20 and plc.is_alive():
             time.sleep(0.02)
         c = Plc(port)
-        try:
-            c.control(1 << ms.C_RESET_FAULT)
+        try:  # through single coils: a CONTROL register write would release the PLC's held RESULT_ACK
+            c.coil(ms.C_RESET_FAULT, True)
             c.coil(ms.C_TRIGGER, True)
         finally:
             c.close()
