@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekit-installed
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo test test-all lint clean bench-env
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,13 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests
+
+# benchmark-only: anomalib in its own venv, never a dependency of edgekit (benchmarks/README.md)
+ANOMALIB_VENV ?= /work/anomalib-venv
+bench-env:
+	$(PY) -m venv $(ANOMALIB_VENV)
+	$(ANOMALIB_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(ANOMALIB_VENV)/bin/pip install -q anomalib timm onnx onnxruntime
 
 clean:
 	rm -rf demo-out .pytest_cache
