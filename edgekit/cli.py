@@ -221,19 +221,23 @@ def calibrate(model_dir: str, data_dir: str, frr: str, confidence: float, method
                    "weights, more accurate but only for CPUs with VNNI (AVX512-VNNI/AVX-VNNI) or ARM (without "
                    "VNNI u8s8 products saturate). Default: what the build host can run (recorded; the daemon "
                    "warns on a CPU without VNNI).")
+@click.option("--int8-float-depthwise/--int8-quantize-depthwise", default=True, show_default=True,
+              help="INT8: keep depthwise convolutions float (each sums only k² products of one channel, so "
+                   "rounding does not average out; a few % of the compute). --int8-quantize-depthwise makes "
+                   "them int8 too.")
 @click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None, metavar="KEY",
               help="Sign the manifest with this Ed25519 private key (edgekit keys new): manifest.sig beside it; "
                    "stations with a trust list load only bundles signed by a key they trust.")
 @_handle_errors
 def build(model_dir: str, target: str, bundle_dir: str | None, precision: str, calib_data: str | None,
           eval_data: str | None, allow_degraded: bool, engine_only: bool, archive: bool,
-          int8_reduce_range: bool | None, sign_key: str | None) -> None:
+          int8_reduce_range: bool | None, int8_float_depthwise: bool, sign_key: str | None) -> None:
     """Compile a RUN_DIR into a bundle (ONNX with scoring fused, FP16/INT8, manifest, hashes)."""
     from edgekit.compile.build import build_cli
 
     build_cli(model_dir, target=target, bundle_dir=bundle_dir, precision=precision, calib_data=calib_data,
               eval_data=eval_data, allow_degraded=allow_degraded, engine_only=engine_only, archive=archive,
-              int8_reduce_range=int8_reduce_range, sign=sign_key)
+              int8_reduce_range=int8_reduce_range, sign=sign_key, int8_float_depthwise=int8_float_depthwise)
 
 
 @main.command(short_help="Score data with every precision of a bundle vs FP32.")
