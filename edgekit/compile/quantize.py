@@ -571,6 +571,8 @@ def qdq_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _is_fed_by_dq(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    """Whether a Conv/MatMul/Gemm computes on int8: its input and its weights both dequantized
+    (a float depthwise conv reads a dequantized activation but float weights: float compute)."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    src = producers.get(node.input[0]) if node.input else None
-    return src is not None and src.op_type == "DequantizeLinear"
+    srcs = [producers.get(i) for i in node.input[:2]]
+    return len(srcs) == 2 and all(s is not None and s.op_type == "DequantizeLinear" for s in srcs)

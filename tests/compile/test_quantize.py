@@ -17,6 +17,7 @@ from edgekit.compile.quantize import (
     convert_fp16,
     qdq_counts,
     quantize_int8,
+    depthwise_nodes,
     scoring_tail,
     stem_nodes,
 )
@@ -106,6 +107,33 @@ def test_exclude_stem_keeps_first_conv_float(tiny_bundle: Path, tiny_dataset: Pa
     q = onnx.load(str(tmp_path / "q.onnx"))
     stem = stem_nodes(q)[0]
     assert stem in info["excluded_nodes"] and stem in info["float_compute_nodes"]
+
+
+def test_depthwise_convs_stay_float_unless_asked(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    src = load_bundle(tiny_bundle).model_path("fp32")
+    m = onnx.load(str(src))
+    inits = {i.name: i for i in m.graph.initializer}
+    dw = depthwise_nodes(m)
+    # lite0's MBConv blocks: one 3x3/5x5 filter per channel; the stem and pointwise convs are not
+    assert dw and all(inits[n.input[1]].dims[1] == 1 for n in m.graph.node if n.name in dw)
+    assert stem_nodes(m)[0] not in dw
+    tiles = _tiles(tiny_bundle, tiny_dataset, 4)
+    kept = quantize_int8(src, tmp_path / "f.onnx", tiles, progress=False)
+    asked = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False, float_depthwise=False)
+    assert kept["float_depthwise"] is True and asked["float_depthwise"] is False
+
+    def grouped(path: Path) -> dict[str, bool]:  # depthwise conv → whether its weights are dequantized int8
+        q = onnx.load(str(path))
+        producers = {o: n.op_type for n in q.graph.node for o in n.output}
+        return {n.name: producers.get(n.input[1]) == "DequantizeLinear" for n in q.graph.node
+                if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+
+    f, i = grouped(tmp_path / "f.onnx"), grouped(tmp_path / "q.onnx")
+    assert len(f) == len(i) == len(dw)
+    assert not any(f.values()) and all(i.values())
+    assert set(f) <= set(kept["float_compute_nodes"]) and not set(i) & set(asked["float_compute_nodes"])
+    # nothing else changed: the same number of other convs run in float either way
+    assert len(kept["float_compute_nodes"]) - len(f) == len(asked["float_compute_nodes"])
 
 
 def test_scoring_tail_starts_at_normalisation(tiny_bundle: Path) -> None:
