@@ -15,9 +15,9 @@ from edgekit.compile.quantize import (
     TileReader,
     calibration_tiles,
     convert_fp16,
+    depthwise_nodes,
     qdq_counts,
     quantize_int8,
-    depthwise_nodes,
     scoring_tail,
     stem_nodes,
 )
