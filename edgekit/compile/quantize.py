@@ -87,9 +87,11 @@ def depthwise_nodes(model: onnx.ModelProto) -> list[str]:
     rounding of its per-channel weights and of its input does not average out, and a depthwise
     filter's weights span very different ranges. On ELPV poly (rd-mem-lite0, fp32 0.883) keeping
     only the teacher's depthwise convolutions float moved INT8 from 0.871 to 0.882 (Q/DQ emulated;
-    TensorRT layout 0.870 → 0.885; run by onnxruntime on a CPU without VNNI 0.894) at no latency
-    cost in onnxruntime (17.5 against 17.8 ms, AMD EPYC, 2 threads): they are a few % of the MACs.
-    What they cost in a TensorRT engine is not measured (no Jetson here)."""
+    TensorRT layout 0.870 → 0.885); on ELPV mono, held out (fp32 0.930): 0.921 → 0.928, TensorRT
+    layout 0.926 → 0.931 — no latency cost in onnxruntime (17.5 against 17.8 ms, AMD EPYC, 2
+    threads): they are a few % of the MACs. onnxruntime's kernels on a CPU without VNNI land up to
+    1.4 pt either side of those figures (benchmarks/README.md); what float depthwise layers cost in
+    a TensorRT engine is not measured (no Jetson here)."""
     inits = {i.name: i for i in model.graph.initializer}
     out = []
     for n in model.graph.node:

@@ -96,7 +96,7 @@ def format_recipe_table(rows: list[dict[str, Any]], meas: dict[str, Any]) -> str
         else:
             figs = []
             for key, _ in DATASETS:
-                d = m.get(key)
+                d = m.get(key) if isinstance(m.get(key), dict) else None
                 figs.append(f"{d['image_auroc_fp32']:.3f} ({d['epochs']} ep)" if d else "not measured")
             d = m.get(lat)
             figs.append(f"{d['ort_ms_fp32']} / {d['ort_ms_int8']}" if d else "not measured")
@@ -107,6 +107,9 @@ def format_recipe_table(rows: list[dict[str, Any]], meas: dict[str, Any]) -> str
     lines.append("")
     lines.append(f"measured: {meas.get('source', 'no benchmark table shipped')}; ORT latency from the "
                  f"{dict(DATASETS).get(lat, lat)} run (fp32 image AUROC; epochs as benchmarked).")
+    for r in rows:  # recipes measured in another run (another machine): said, not mixed in silently
+        if r["measured"] and r["measured"].get("source"):
+            lines.append(f"  {r['name']}: {r['measured']['source']}")
     lines.append("deploy examples: " + ", ".join(deploy_names()) + "  (edgekit recipes show NAME > station.yaml)")
     lines.append("train one: edgekit train NAME --data DIR --out RUN [--set train.epochs=5]")
     return "\n".join(lines)
