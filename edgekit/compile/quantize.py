@@ -552,7 +552,7 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
     if counts["QuantizeLinear"] == 0:
         raise BundleError(f"{dst}: quantizer inserted no Q/DQ nodes; the graph has no quantizable ops")
     float_compute = [n.name for n in q.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
-                     and not _is_fed_by_dq(q, n)]
+                     and not _computes_in_int8(q, n)]
     return {
         "format": "QDQ", "flavor": flavor, "tool": "onnxruntime.quantization.quantize_static", "per_channel": True,
         "activation_type": "int8-symmetric" if flavor == "tensorrt" else "uint8-asymmetric",
@@ -572,7 +572,7 @@ def qdq_counts(model: onnx.ModelProto) -> dict[str, int]:
     return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
 
 
-def _is_fed_by_dq(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+def _computes_in_int8(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
     """Whether a Conv/MatMul/Gemm computes on int8: its input and its weights both dequantized
     (a float depthwise conv reads a dequantized activation but float weights: float compute)."""
     producers = {o: n for n in model.graph.node for o in n.output}
