@@ -195,9 +195,16 @@ def fit_score_statistics(model: AnomalyModel, recipe: Recipe, train_tiles: np.nd
     if ctx is not None and ctx.enabled and isinstance(model, DistillationModel):
         share = train_tiles[ctx.shard(len(train_tiles))]
         batches = (normalise(b.to(dev), spec) for b in _batches(share, bs, False, None))
-        return model.fit_score_normalisation(batches, recipe.score.layer_norm, reduce=ctx.all_reduce)
-    batches = (normalise(b.to(dev), spec) for b in _batches(train_tiles, bs, False, None))
-    return model.fit_score_normalisation(batches, recipe.score.layer_norm)
+        facts = model.fit_score_normalisation(batches, recipe.score.layer_norm, reduce=ctx.all_reduce)
+    else:
+        batches = (normalise(b.to(dev), spec) for b in _batches(train_tiles, bs, False, None))
+        facts = model.fit_score_normalisation(batches, recipe.score.layer_norm)
+    if isinstance(model, DistillationModel):
+        # quantiles do not add up over ranks: every rank reads every tile (the same result on each)
+        model.eval()
+        batches = (normalise(b.to(dev), spec) for b in _batches(train_tiles, bs, False, None))
+        facts = {**facts, **model.fit_edge_normalisation(batches, recipe.score.edge_norm, recipe.score.edge_quantile)}
+    return facts
 
 
 def _after_training(model: AnomalyModel, train_tiles: np.ndarray, spec: PreprocessSpec, batch: int,
@@ -510,18 +517,20 @@ def run_val_images(info: dict[str, Any], run_dir: str | Path, existing_only: boo
 
 
 def rescore_run(run_dir: str | Path, layer_norm: str | None = None, device: str = "cpu",
-                quiet: bool = False) -> dict[str, Any]:
+                quiet: bool = False, edge_norm: str | None = None) -> dict[str, Any]:
     """Refit a finished run's score statistics and provisional threshold with the current scorer,
     without retraining (e.g. a run trained before per-position normalisation existed).
 
     The weights are untouched; the training / held-out split is rebuilt from the run's record
-    and must match it. ``layer_norm`` overrides the recipe's ``score.layer_norm`` (written back
-    to the run's recipe.yaml). Returns the new facts and calibration.
+    and must match it. ``layer_norm`` / ``edge_norm`` override the recipe's ``score.layer_norm``
+    / ``score.edge_norm`` (written back to the run's recipe.yaml). Returns the new facts and
+    calibration.
     """
     lr = load_run(run_dir, device)
     run, recipe, model, info, spec = lr.path, lr.recipe, lr.model, lr.info, lr.spec
-    if layer_norm is not None:
-        recipe = recipe.model_copy(update={"score": recipe.score.model_copy(update={"layer_norm": layer_norm})})
+    overrides = {k: v for k, v in (("layer_norm", layer_norm), ("edge_norm", edge_norm)) if v is not None}
+    if overrides:
+        recipe = recipe.model_copy(update={"score": recipe.score.model_copy(update=overrides)})
     mode = recipe.score.layer_norm
     if not isinstance(model, DistillationModel):
         raise ConfigError(f"{run}: method {info.get('method')} has no score statistics to refit (only rd, rrd, mrkd)")
@@ -542,13 +551,13 @@ def rescore_run(run_dir: str | Path, layer_norm: str | None = None, device: str 
     info.update({"method_facts": facts, "calibration": calibration,
                  "rescored": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     write_json_atomic(run / "run.json", info)
-    if layer_norm is not None:
+    if overrides:
         (run / "recipe.yaml").write_text(_dump_recipe(recipe), encoding="utf-8")
     if not quiet:
         thr = calibration.get("threshold")
-        print(f"{run}: score normalisation {mode} refitted on {len(train_tiles)} training tiles; "
+        print(f"{run}: score normalisation {mode} + edge {recipe.score.edge_norm} refitted on {len(train_tiles)} training tiles; "
               f"provisional threshold {thr if thr is None else round(thr, 4)} from {len(val_tiles)} held-out tiles")
-    return {"layer_norm": mode, "method_facts": facts, "calibration": calibration}
+    return {"layer_norm": mode, "edge_norm": recipe.score.edge_norm, "method_facts": facts, "calibration": calibration}
 
 
 def _backbone_of(model: AnomalyModel) -> Any:

@@ -99,6 +99,23 @@ def test_rescore_refits_statistics_and_threshold_without_touching_weights(tmp_pa
     assert load_run(run).model.scorer.mode == "none"
 
 
+def test_a_fresh_run_has_the_edge_calibration_and_rescore_drops_or_refits_it(tmp_path: Path, tiny_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = load_run(run)
+    assert before.recipe.score.edge_norm == "ring" and before.model.scorer.edge_mode == "ring"
+    facts = json.loads((run / "run.json").read_text())["method_facts"]["edge_norm"]
+    assert facts["mode"] == "ring" and facts["quantile"] == 0.999 and len(facts["tail"]) == len(facts["median"])
+    shift = before.model.scorer.edge_shift.clone()
+
+    res = rescore_run(run, edge_norm="none", quiet=True)
+    after = load_run(run)
+    assert res["edge_norm"] == "none" and after.model.scorer.edge_mode == "none"
+    assert after.recipe.score.edge_norm == "none" and after.model.scorer.mode == "position"
+    rescore_run(run, edge_norm="ring", quiet=True)  # the same tiles, the same statistics
+    torch.testing.assert_close(load_run(run).model.scorer.edge_shift, shift)
+
+
 def test_rescore_refuses_changed_training_images(tmp_path: Path, tiny_run: Path, tiny_dataset: Path) -> None:
     run, data = tmp_path / "run", tmp_path / "data"
     shutil.copytree(tiny_run, run)

@@ -66,6 +66,11 @@ class ScoreConfig(StrictModel):
     # the layer's variance as a prior), "layer" = one mean/std per layer, "none" = the paper's
     # plain sum. true/false (older recipes) mean "layer"/"none".
     layer_norm: Literal["position", "layer", "none"] = "position"
+    # distillation methods: after layer_norm, rescale the map by distance to the tile edge so that
+    # every ring of positions has the same median and upper tail (the edge_quantile) on the good
+    # training tiles ("ring"), or leave it ("none"). Border / padding effects are heavy-tailed.
+    edge_norm: Literal["ring", "none"] = "ring"
+    edge_quantile: float = Field(0.999, gt=0.5, lt=1.0)
     memory: MemoryConfig | None = None
 
     @field_validator("layer_norm", mode="before")

@@ -183,3 +183,76 @@ def test_recipe_layer_norm_accepts_old_booleans() -> None:
     r = recipe_from_dict({**_recipe("tf_efficientnet_lite0"), "score": {"layer_norm": False}})
     assert r.score.layer_norm == "none"
     assert recipe_from_dict(_recipe("tf_efficientnet_lite0")).score.layer_norm == "position"
+
+
+def _edge_maps(gen: torch.Generator, n: int, defect: bool = False) -> torch.Tensor:
+    """Final 32×32 maps (map stride 4 → 4 px rings): the same median everywhere, but the outer
+    ring is heavy-tailed (a bright edge that sometimes runs into the border), the inside is not."""
+    m = 0.3 * torch.randn(n, 1, 32, 32, generator=gen)
+    spikes = torch.rand(n, generator=gen) < 0.5  # half the good tiles: one strong border spike
+    rows = torch.randint(0, 28, (n,), generator=gen)
+    for i in torch.nonzero(spikes).flatten():
+        m[i, 0, int(rows[i]):int(rows[i]) + 4, 0:3] += 4.0
+    if defect:
+        m[:, 0, 16, 16] += 2.5  # a clear defect inside, weaker than the border spikes
+    return m
+
+
+def test_edge_rings_equalise_tails_and_let_an_inside_defect_through_border_spikes() -> None:
+    from edgekit.evaluate.metrics import image_auroc
+
+    gen = torch.Generator().manual_seed(5)
+    sc = DistillationScorer(sigma=0.0, n_layers=1, map_stride=4)
+    assert sc.edge_mode == "none"
+    good = [_edge_maps(gen, 8) for _ in range(20)]
+    facts = sc.fit_edges(iter(good), quantile=0.99)["edge_norm"]
+    assert sc.edge_mode == "ring" and sc.edge_shift.shape == sc.edge_scale.shape == (1, 1, 32, 32)
+    assert facts["tiles"] == 160 and facts["ring_px"] == 4 and len(facts["tail"]) == 4
+    assert facts["tail"][0] > 2 * facts["tail"][1]  # the border ring's tail is the heavy one
+    # on the edge itself and at the centre the calibration is the outer / inner ring's own
+    # (median → 0, quantile → 1); between ring centres it is linear in the distance to the edge
+    r = sc.ring_index(32, 32, 4)
+    assert int(r[0, 10]) == 0 and int(r[15, 15]) == 3 and int(r[5, 10]) == 1
+    for (y, x), ring in (((0, 10), 0), ((15, 15), 3)):
+        med, tail = facts["median"][ring], facts["tail"][ring]
+        assert float(sc.edge_shift[0, 0, y, x]) == pytest.approx(med, abs=1e-4)
+        assert 1 / float(sc.edge_scale[0, 0, y, x]) == pytest.approx(tail - med, abs=1e-4)
+    mid = float(sc.edge_shift[0, 0, 3, 10])  # d = 3: between ring 0's centre (1.5) and ring 1's (5.5)
+    assert mid == pytest.approx(facts["median"][0] * 0.625 + facts["median"][1] * 0.375, abs=1e-4)
+    # the fitted ring statistics are the median / quantile of the good maps' pixels in that ring
+    allm = torch.cat(good)
+    inside = allm[:, 0][:, r == 2]
+    assert facts["median"][2] == pytest.approx(float(inside.median()), abs=0.02)
+    assert facts["tail"][2] == pytest.approx(float(torch.quantile(inside.flatten(), 0.99)), abs=0.05)
+
+    test_good, test_bad = _edge_maps(gen, 40), _edge_maps(gen, 40, defect=True)
+
+    def auroc(scorer: DistillationScorer) -> float:
+        s = torch.cat([scorer([test_good], (32, 32))[1], scorer([test_bad], (32, 32))[1]]).numpy()
+        return image_auroc(np.r_[np.zeros(40), np.ones(40)], s)
+
+    plain = DistillationScorer(sigma=0.0, n_layers=1, map_stride=4)
+    assert auroc(plain) < 0.8  # the border spikes decide half the good tiles' scores
+    assert auroc(sc) > 0.97
+
+
+def test_edge_calibration_round_trips_resets_and_rejects_another_size() -> None:
+    gen = torch.Generator().manual_seed(6)
+    sc = DistillationScorer(sigma=1.0, n_layers=2)
+    sc.fit((_layers(gen, 4) for _ in range(3)), mode="position")
+    sc.fit_edges(sc(_layers(gen, 4), (32, 32))[0] for _ in range(3))
+    fresh = DistillationScorer(sigma=1.0, n_layers=2)
+    fresh.load_state_dict(sc.state_dict())
+    assert fresh.edge_mode == "ring"
+    x = _layers(gen, 2)
+    torch.testing.assert_close(fresh(x, (32, 32))[0], sc(x, (32, 32))[0])
+    old = {k: v for k, v in sc.state_dict().items() if not k.startswith("edge_")}  # a run from before
+    fresh.load_state_dict(old)
+    assert fresh.edge_mode == "none" and fresh.mode == "position"
+    with pytest.raises(ValueError, match="input size it was trained with"):
+        sc([torch.rand(1, 1, 16, 16), torch.rand(1, 1, 8, 8)], (16, 16))
+    with pytest.raises(ValueError, match="quantile"):
+        sc.fit_edges(iter([]), quantile=1.0)
+    assert sc.fit_edges(iter([]))["edge_norm"].startswith("not fitted")
+    sc.reset()
+    assert sc.edge_mode == "none"
