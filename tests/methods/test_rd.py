@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgekit.config.recipe import recipe_from_dict
 from edgekit.methods.rd.scoring import DistillationScorer, GaussianSmoothing
@@ -256,3 +258,39 @@ def test_edge_calibration_round_trips_resets_and_rejects_another_size() -> None:
     assert sc.fit_edges(iter([]))["edge_norm"].startswith("not fitted")
     sc.reset()
     assert sc.edge_mode == "none"
+
+
+@settings(deadline=None, max_examples=40)
+@given(side=st.integers(4, 48), wide=st.integers(0, 16), stride=st.sampled_from([1, 2, 4, 8]),
+       kind=st.sampled_from(["normal", "constant", "flat_inside", "heavy_border", "ties"]),
+       quantile=st.floats(0.6, 0.9999), seed=st.integers(0, 2**16))
+def test_edge_fit_is_finite_bounded_and_applies_to_any_map(side: int, wide: int, stride: int, kind: str,
+                                                           quantile: float, seed: int) -> None:
+    """Any map size (non-square too), ring width, quantile and a degenerate good set (a constant
+    map, a flat centre, ties): finite positive scales, no ring amplified beyond 10x the typical
+    ring's, and the calibrated map of the fitting tiles is finite."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = side, side + wide
+    m = torch.randn(6, 1, h, w, generator=gen)
+    if kind == "constant":
+        m = torch.full_like(m, 0.25)
+    elif kind == "flat_inside":
+        r = DistillationScorer.ring_index(h, w, stride)
+        m[..., r > 0] = 0.0
+    elif kind == "heavy_border":
+        m[..., 0, :] += 50 * torch.rand(6, 1, w, generator=gen)
+    elif kind == "ties":
+        m = m.round()
+    sc = DistillationScorer(sigma=0.0, n_layers=1, map_stride=stride)
+    facts = sc.fit_edges(iter([m[:3], m[3:]]), quantile=quantile)["edge_norm"]
+    assert facts["tiles"] == 6 and len(facts["tail"]) == int(DistillationScorer.ring_index(h, w, stride).max()) + 1
+    shift, scale = sc.edge_shift, sc.edge_scale
+    assert shift.shape == scale.shape == (1, 1, h, w)
+    assert torch.isfinite(shift).all() and torch.isfinite(scale).all() and (scale > 0).all()
+    # the spread (tail - median) of no pixel is below the floor, and the floor is 10 % of the
+    # typical ring's: no ring is amplified beyond 10x the typical one
+    spreads = torch.tensor(facts["tail"]) - torch.tensor(facts["median"])
+    assert facts["spread_floor"] >= 0.1 * float(spreads.median()) - 1e-4
+    assert float(1 / scale.max()) >= facts["spread_floor"] * (1 - 1e-5)
+    out = (m - shift) * scale
+    assert torch.isfinite(out).all()

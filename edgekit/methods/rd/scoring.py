@@ -229,7 +229,11 @@ class DistillationScorer(nn.Module):
             return {"edge_norm": "not fitted: no images"}
         med = torch.stack([torch.cat(v).median() for v in values])
         tail = torch.stack([torch.quantile(torch.cat(v).double(), quantile).float() for v in values])
-        spread = (tail - med).clamp_min(1e-6 * float(tail.abs().max().clamp_min(1.0)))
+        spread = tail - med
+        # a ring whose good maps hardly vary (a flat or clipped map) must not be amplified without
+        # bound: no ring's scale exceeds 10x the typical ring's
+        floor = max(0.1 * float(spread.median()), 1e-6 * float(tail.abs().max().clamp_min(1.0)))
+        spread = spread.clamp_min(floor)
         # per pixel: linear in the distance to the edge between ring centres, so the rescaled map
         # has no steps at ring boundaries
         h, w = hw
@@ -248,6 +252,7 @@ class DistillationScorer(nn.Module):
         self.edge_shift = shift.view(1, 1, h, w).to(dev)
         self.edge_scale = scale.view(1, 1, h, w).to(dev)
         return {"edge_norm": {"mode": "ring", "quantile": quantile, "tiles": n_tiles, "ring_px": int(width),
+                              "spread_floor": float(floor),
                               "median": [round(float(v), 4) for v in med],
                               "tail": [round(float(v), 4) for v in tail]}}
 
