@@ -201,7 +201,6 @@ def fit_score_statistics(model: AnomalyModel, recipe: Recipe, train_tiles: np.nd
         facts = model.fit_score_normalisation(batches, recipe.score.layer_norm)
     if isinstance(model, DistillationModel):
         # quantiles do not add up over ranks: every rank reads every tile (the same result on each)
-        model.eval()
         batches = (normalise(b.to(dev), spec) for b in _batches(train_tiles, bs, False, None))
         facts = {**facts, **model.fit_edge_normalisation(batches, recipe.score.edge_norm, recipe.score.edge_quantile)}
     return facts

@@ -180,12 +180,16 @@ class DistillationScorer(nn.Module):
         return "ring" if self.edge_shift.numel() else "none"
 
     @staticmethod
-    def ring_index(h: int, w: int, ring_width: int) -> torch.Tensor:
-        """(h, w) long: distance of each pixel to the nearest tile edge, in rings of ``ring_width`` px."""
+    def edge_distance(h: int, w: int) -> torch.Tensor:
+        """(h, w) long: distance of each pixel to the nearest tile edge, in pixels."""
         yy = torch.arange(h).view(-1, 1).expand(h, w)
         xx = torch.arange(w).view(1, -1).expand(h, w)
-        d = torch.minimum(torch.minimum(yy, xx), torch.minimum(h - 1 - yy, w - 1 - xx))
-        return torch.div(d, max(1, int(ring_width)), rounding_mode="floor")
+        return torch.minimum(torch.minimum(yy, xx), torch.minimum(h - 1 - yy, w - 1 - xx))
+
+    @classmethod
+    def ring_index(cls, h: int, w: int, ring_width: int) -> torch.Tensor:
+        """(h, w) long: distance of each pixel to the nearest tile edge, in rings of ``ring_width`` px."""
+        return torch.div(cls.edge_distance(h, w), max(1, int(ring_width)), rounding_mode="floor")
 
     @torch.no_grad()
     def fit_edges(self, map_batches: Iterable[torch.Tensor], quantile: float = 0.999,
@@ -236,9 +240,7 @@ class DistillationScorer(nn.Module):
         # per pixel: linear in the distance to the edge between ring centres, so the rescaled map
         # has no steps at ring boundaries
         h, w = hw
-        yy = torch.arange(h, dtype=torch.float32).view(-1, 1).expand(h, w)
-        xx = torch.arange(w, dtype=torch.float32).view(1, -1).expand(h, w)
-        d = torch.minimum(torch.minimum(yy, xx), torch.minimum(h - 1 - yy, w - 1 - xx))
+        d = self.edge_distance(h, w).float()
         width = float(max(1, self.map_stride))
         centres = (torch.arange(len(med), dtype=torch.float32) + 0.5) * width - 0.5
         pos = ((d - centres[0]) / width).clamp(0, len(med) - 1)
