@@ -327,8 +327,8 @@ def recluster(run_dir: str, data_dir: str, k: int | None, device: str, sweep: st
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--layer-norm", type=click.Choice(["position", "layer", "none"]), default=None,
               help="Score normalisation to fit (default: the run's recipe score.layer_norm).")
-@click.option("--edge-norm", type=click.Choice(["ring", "none"]), default=None,
-              help="Edge (ring) calibration of the map (default: the run's recipe score.edge_norm).")
+@click.option("--edge-norm", type=click.Choice(["terms", "ring", "none"]), default=None,
+              help="Edge (ring) calibration: of every term and the map (terms), of the map (ring), none (default: the run's recipe score.edge_norm).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @_handle_errors
 def rescore(run_dir: str, layer_norm: str | None, edge_norm: str | None, device: str) -> None:

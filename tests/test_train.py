@@ -6,12 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from edgekit.errors import BundleError, ConfigError, DataError
-from edgekit.train import load_run, rescore_run, train_run
+from edgekit.train import load_run, rescore_run, score_tiles_torch, train_run
 
 
 def test_run_dir_contents(tiny_run: Path) -> None:
@@ -99,21 +100,54 @@ def test_rescore_refits_statistics_and_threshold_without_touching_weights(tmp_pa
     assert load_run(run).model.scorer.mode == "none"
 
 
-def test_a_fresh_run_has_the_edge_calibration_and_rescore_drops_or_refits_it(tmp_path: Path, tiny_run: Path) -> None:
+def test_a_fresh_run_has_term_and_edge_rings_and_rescore_drops_or_refits_them(tmp_path: Path, tiny_run: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = load_run(run)
-    assert before.recipe.score.edge_norm == "ring" and before.model.scorer.edge_mode == "ring"
-    facts = json.loads((run / "run.json").read_text())["method_facts"]["edge_norm"]
-    assert facts["mode"] == "ring" and facts["quantile"] == 0.999 and len(facts["tail"]) == len(facts["median"])
-    shift = before.model.scorer.edge_shift.clone()
+    sc = before.model.scorer
+    assert before.recipe.score.edge_norm == "terms" and sc.edge_mode == "terms"
+    facts = json.loads((run / "run.json").read_text())["method_facts"]
+    assert facts["edge_norm"]["mode"] == "terms" and facts["edge_norm"]["quantile"] == 0.999
+    assert len(facts["edge_norm"]["tail"]) == len(facts["edge_norm"]["median"])
+    assert len(facts["term_edge_norm"]["terms"]) == sc.n_layers
+    work = tuple(sc.pos_shift0.shape[-2:])  # the shallowest layer's map: the working resolution
+    for i in range(sc.n_layers):
+        assert tuple(getattr(sc, f"term_shift{i}").shape) == (1, 1, *work)
+    term_shift, shift = sc.term_shift1.clone(), sc.edge_shift.clone()
 
     res = rescore_run(run, edge_norm="none", quiet=True)
     after = load_run(run)
     assert res["edge_norm"] == "none" and after.model.scorer.edge_mode == "none"
     assert after.recipe.score.edge_norm == "none" and after.model.scorer.mode == "position"
-    rescore_run(run, edge_norm="ring", quiet=True)  # the same tiles, the same statistics
-    torch.testing.assert_close(load_run(run).model.scorer.edge_shift, shift)
+    rescore_run(run, edge_norm="ring", quiet=True)
+    ring = load_run(run).model.scorer
+    assert ring.edge_mode == "ring" and ring.term_shift0.numel() == 0 and ring.edge_shift.shape == shift.shape
+    rescore_run(run, edge_norm="terms", quiet=True)  # the same tiles, the same statistics
+    again = load_run(run).model.scorer
+    torch.testing.assert_close(again.term_shift1, term_shift)
+    torch.testing.assert_close(again.edge_shift, shift)
+
+
+def test_the_onnx_graph_of_a_run_with_term_rings_matches_torch_and_keeps_them_float(tmp_path: Path, tiny_run: Path) -> None:
+    import onnx
+
+    from edgekit.compile.onnx_export import export_onnx, ort_run
+    from edgekit.compile.quantize import scoring_tail
+
+    lr = load_run(tiny_run)
+    sc = lr.model.scorer
+    assert sc.edge_mode == "terms"
+    path = export_onnx(lr.model, lr.spec, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    work = tuple(sc.term_shift0.shape)
+    term_inits = {t.name for t in proto.graph.initializer if tuple(t.dims) == work}
+    uses = [n.name for n in proto.graph.node if n.op_type in ("Sub", "Mul") and set(n.input) & term_inits]
+    assert len(uses) >= sc.n_layers and set(uses) <= set(scoring_tail(proto))  # float in an INT8 graph
+    tiles = np.random.default_rng(1).integers(0, 256, (3, lr.spec.size, lr.spec.size, 3), dtype=np.uint8)
+    t_maps, t_scores = score_tiles_torch(lr.model, tiles, lr.spec, 3, torch.device("cpu"))
+    o_maps, o_scores = ort_run(path, tiles, threads=1)
+    np.testing.assert_allclose(o_scores, t_scores, rtol=1e-4, atol=1e-5 * float(np.abs(t_scores).max()))
+    np.testing.assert_allclose(o_maps, t_maps, rtol=1e-4, atol=1e-4 * float(np.abs(t_maps).max()))
 
 
 def test_rescore_refuses_changed_training_images(tmp_path: Path, tiny_run: Path, tiny_dataset: Path) -> None:

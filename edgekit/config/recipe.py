@@ -66,10 +66,12 @@ class ScoreConfig(StrictModel):
     # the layer's variance as a prior), "layer" = one mean/std per layer, "none" = the paper's
     # plain sum. true/false (older recipes) mean "layer"/"none".
     layer_norm: Literal["position", "layer", "none"] = "position"
-    # distillation methods: after layer_norm, rescale the map by distance to the tile edge so that
-    # every ring of positions has the same median and upper tail (the edge_quantile) on the good
-    # training tiles ("ring"), or leave it ("none"). Border / padding effects are heavy-tailed.
-    edge_norm: Literal["ring", "none"] = "ring"
+    # distillation methods: after layer_norm, rescale by distance to the tile edge so that every
+    # ring of positions has the same median and upper tail (the edge_quantile) on the good
+    # training tiles: "terms" = each term (layer map, memory map) before the weighted sum, then the
+    # final map; "ring" = the final map only; "none" = leave it. Border / padding effects are
+    # heavy-tailed, and each term's tail differs.
+    edge_norm: Literal["terms", "ring", "none"] = "terms"
     edge_quantile: float = Field(0.999, gt=0.5, lt=1.0)
     memory: MemoryConfig | None = None
 

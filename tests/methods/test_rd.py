@@ -260,6 +260,63 @@ def test_edge_calibration_round_trips_resets_and_rejects_another_size() -> None:
     assert sc.edge_mode == "none"
 
 
+def _two_terms(gen: torch.Generator, n: int, defect: bool = False) -> list[torch.Tensor]:
+    """Two 32×32 terms (map stride 4): term 0 has heavy-tailed spikes on the border of half the
+    tiles (a part's edge meeting the image border), term 1 is plain noise; a defect is a break on
+    the border that only term 1 sees."""
+    t0 = _edge_maps(gen, n)
+    t1 = 0.3 * torch.randn(n, 1, 32, 32, generator=gen)
+    if defect:
+        t1[:, 0, 10:13, 0:2] += 2.0
+    return [t0, t1]
+
+
+def test_term_rings_let_a_border_defect_of_one_term_through_the_other_terms_border_tail() -> None:
+    """With one ring on the sum, the border ring's tail is set by term 0's spikes and a break on
+    the border that term 1 sees is scaled down with it; ringing each term first keeps it."""
+    from edgekit.evaluate.metrics import image_auroc
+
+    gen = torch.Generator().manual_seed(7)
+    good = [_two_terms(gen, 8) for _ in range(20)]
+    test_good, test_bad = _two_terms(gen, 40), _two_terms(gen, 40, defect=True)
+
+    def fitted(mode: str) -> DistillationScorer:
+        sc = DistillationScorer(sigma=0.0, n_layers=2, map_stride=4)
+        if mode == "terms":
+            facts = sc.fit_term_edges([sc.terms(t) for t in good], quantile=0.99)["term_edge_norm"]
+            assert len(facts["terms"]) == 2 and facts["terms"][0]["tail"][0] > 2 * facts["terms"][1]["tail"][0]
+            for i in range(2):
+                assert getattr(sc, f"term_shift{i}").shape == getattr(sc, f"term_scale{i}").shape == (1, 1, 32, 32)
+        sc.fit_edges((sc(t, (32, 32))[0] for t in good), quantile=0.99)
+        assert sc.edge_mode == mode
+        return sc
+
+    def auroc(sc: DistillationScorer) -> float:
+        s = torch.cat([sc(test_good, (32, 32))[1], sc(test_bad, (32, 32))[1]]).numpy()
+        return image_auroc(np.r_[np.zeros(40), np.ones(40)], s)
+
+    ring, terms = fitted("ring"), fitted("terms")
+    assert auroc(ring) < 0.85
+    assert auroc(terms) > 0.97
+    # the good tiles' maps still have ring median 0 and tail 1 after both calibrations
+    maps = torch.cat([terms(t, (32, 32))[0] for t in good])[:, 0]
+    r = terms.ring_index(32, 32, 4)
+    for ring_i in range(4):
+        v = maps[:, r == ring_i].flatten()
+        assert float(v.median()) == pytest.approx(0.0, abs=0.05)
+        assert float(torch.quantile(v, 0.99)) == pytest.approx(1.0, abs=0.05)
+    # round trip; a run from before the term rings loads with the final ring only; reset drops both
+    fresh = DistillationScorer(sigma=0.0, n_layers=2, map_stride=4)
+    fresh.load_state_dict(terms.state_dict())
+    assert fresh.edge_mode == "terms"
+    torch.testing.assert_close(fresh(test_bad, (32, 32))[0], terms(test_bad, (32, 32))[0])
+    fresh.load_state_dict({k: v for k, v in terms.state_dict().items() if not k.startswith("term_")})
+    assert fresh.edge_mode == "ring"
+    with pytest.raises(ValueError, match="term 0 is .*input size it was trained with"):
+        terms([torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)], (16, 16))
+    assert terms.fit_term_edges([])["term_edge_norm"].startswith("not fitted") and terms.edge_mode == "none"
+
+
 @settings(deadline=None, max_examples=40)
 @given(side=st.integers(4, 48), wide=st.integers(0, 16), stride=st.sampled_from([1, 2, 4, 8]),
        kind=st.sampled_from(["normal", "constant", "flat_inside", "heavy_border", "ties"]),

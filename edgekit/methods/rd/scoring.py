@@ -118,7 +118,7 @@ class DistillationScorer(nn.Module):
             raise ValueError(f"combine must be sum or mean, got {combine!r}")
         if map_stride < 1:
             raise ValueError(f"map_stride must be >= 1, got {map_stride}")
-        self.combine = combine
+        self.combine_mode = combine
         self.map_stride = int(map_stride)
         self.n_layers = int(n_layers)
         if weights is not None and len(weights) != self.n_layers:
@@ -135,6 +135,11 @@ class DistillationScorer(nn.Module):
         # edge (ring) calibration of the final map: (1, 1, H, W) each once fitted, empty otherwise
         self.register_buffer("edge_shift", torch.zeros(0))
         self.register_buffer("edge_scale", torch.zeros(0))
+        # edge calibration of each term before the sum (edge_norm "terms"): (1, 1, h, w) at the
+        # working resolution each once fitted, empty otherwise
+        for i in range(n_layers):
+            self.register_buffer(f"term_shift{i}", torch.zeros(0))
+            self.register_buffer(f"term_scale{i}", torch.zeros(0))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         # runs trained before per-layer normalisation existed load as the identity (plain sum),
@@ -145,7 +150,8 @@ class DistillationScorer(nn.Module):
             for name in (f"pos_shift{i}", f"pos_scale{i}"):
                 value = state_dict.setdefault(prefix + name, torch.zeros(0))
                 setattr(self, name, torch.zeros_like(value, dtype=torch.float32, device=self.layer_shift.device))
-        for name in ("edge_shift", "edge_scale"):  # runs from before the edge calibration: none
+        edge_names = ["edge_shift", "edge_scale"] + [f"term_{k}{i}" for i in range(self.n_layers) for k in ("shift", "scale")]
+        for name in edge_names:  # runs from before the edge calibration: none
             value = state_dict.setdefault(prefix + name, torch.zeros(0))
             setattr(self, name, torch.zeros_like(value, dtype=torch.float32, device=self.layer_shift.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[arg-type]
@@ -171,12 +177,17 @@ class DistillationScorer(nn.Module):
     @torch.no_grad()
     def reset_edges(self) -> None:
         """No edge calibration (the map as the layers' normalisation leaves it)."""
-        self.edge_shift = torch.zeros(0, device=self.layer_shift.device)
-        self.edge_scale = torch.zeros(0, device=self.layer_shift.device)
+        empty = torch.zeros(0, device=self.layer_shift.device)
+        self.edge_shift, self.edge_scale = empty, empty.clone()
+        for i in range(self.n_layers):
+            setattr(self, f"term_shift{i}", empty.clone())
+            setattr(self, f"term_scale{i}", empty.clone())
 
     @property
     def edge_mode(self) -> str:
-        """"ring" once ``fit_edges`` has run, else "none"."""
+        """"terms" (every term and the final map), "ring" (the final map) or "none"."""
+        if self.term_shift0.numel():
+            return "terms"
         return "ring" if self.edge_shift.numel() else "none"
 
     @staticmethod
@@ -191,20 +202,12 @@ class DistillationScorer(nn.Module):
         """(h, w) long: distance of each pixel to the nearest tile edge, in rings of ``ring_width`` px."""
         return torch.div(cls.edge_distance(h, w), max(1, int(ring_width)), rounding_mode="floor")
 
-    @torch.no_grad()
-    def fit_edges(self, map_batches: Iterable[torch.Tensor], quantile: float = 0.999,
-                  per_tile: int = 256) -> dict[str, object]:
-        """Fit the edge (ring) calibration on the final maps of good tiles (see the class docstring).
-
-        Args:
-            map_batches: per batch, the (N, 1, H, W) maps this scorer produces (before any edge
-                calibration: call ``reset_edges`` first when refitting).
-            quantile: the upper quantile each ring is scaled to (1 after the calibration).
-            per_tile: at most this many pixels per ring and tile enter the quantiles (evenly
-                spaced: neighbouring pixels of a smoothed map carry the same information).
-        Returns:
-            facts for the run: rings, their width, per-ring median and quantile, tile count.
-        """
+    @classmethod
+    def _fit_rings(cls, map_batches: Iterable[torch.Tensor], ring_width: int, quantile: float,
+                   per_tile: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]] | None:
+        """Per-pixel (h, w) shift and scale that give every ring of ``ring_width`` px median 0 and
+        ``quantile`` 1 on the good (N, 1, h, w) maps, linear in the distance to the edge between
+        ring centres; None without any map."""
         if not 0.5 < quantile < 1.0:
             raise ValueError(f"edge quantile must be in (0.5, 1), got {quantile}")
         picks: list[torch.Tensor] = []
@@ -215,7 +218,7 @@ class DistillationScorer(nn.Module):
             m = m.detach().to("cpu", torch.float32)
             if hw is None:
                 hw = (int(m.shape[-2]), int(m.shape[-1]))
-                ring_of = self.ring_index(*hw, self.map_stride).flatten()
+                ring_of = cls.ring_index(*hw, ring_width).flatten()
                 n_rings = int(ring_of.max()) + 1
                 for r in range(n_rings):
                     idx = torch.nonzero(ring_of == r).flatten()
@@ -229,7 +232,7 @@ class DistillationScorer(nn.Module):
                 values[r].append(flat[:, idx].reshape(-1))
             n_tiles += int(m.shape[0])
         if hw is None:
-            return {"edge_norm": "not fitted: no images"}
+            return None
         med = torch.stack([torch.cat(v).median() for v in values])
         tail = torch.stack([torch.quantile(torch.cat(v).double(), quantile).float() for v in values])
         spread = tail - med
@@ -240,8 +243,8 @@ class DistillationScorer(nn.Module):
         # per pixel: linear in the distance to the edge between ring centres, so the rescaled map
         # has no steps at ring boundaries
         h, w = hw
-        d = self.edge_distance(h, w).float()
-        width = float(max(1, self.map_stride))
+        d = cls.edge_distance(h, w).float()
+        width = float(max(1, ring_width))
         centres = (torch.arange(len(med), dtype=torch.float32) + 0.5) * width - 0.5
         pos = ((d - centres[0]) / width).clamp(0, len(med) - 1)
         lo = pos.floor().long().clamp(max=len(med) - 1)
@@ -249,13 +252,59 @@ class DistillationScorer(nn.Module):
         frac = pos - lo.float()
         shift = med[lo] * (1 - frac) + med[hi] * frac
         scale = 1.0 / (spread[lo] * (1 - frac) + spread[hi] * frac)
+        facts = {"tiles": n_tiles, "ring_px": int(width), "spread_floor": float(floor),
+                 "median": [round(float(v), 4) for v in med], "tail": [round(float(v), 4) for v in tail]}
+        return shift, scale, facts
+
+    @torch.no_grad()
+    def fit_edges(self, map_batches: Iterable[torch.Tensor], quantile: float = 0.999,
+                  per_tile: int = 256) -> dict[str, object]:
+        """Fit the edge (ring) calibration on the final maps of good tiles (see the class docstring).
+
+        Args:
+            map_batches: per batch, the (N, 1, H, W) maps this scorer produces (before any edge
+                calibration of the final map: call ``reset_edges`` first when refitting).
+            quantile: the upper quantile each ring is scaled to (1 after the calibration).
+            per_tile: at most this many pixels per ring and tile enter the quantiles (evenly
+                spaced: neighbouring pixels of a smoothed map carry the same information).
+        Returns:
+            facts for the run: rings, their width, per-ring median and quantile, tile count.
+        """
+        fitted = self._fit_rings(map_batches, self.map_stride, quantile, per_tile)
+        if fitted is None:
+            return {"edge_norm": "not fitted: no images"}
+        shift, scale, facts = fitted
+        h, w = shift.shape
         dev = self.layer_shift.device
         self.edge_shift = shift.view(1, 1, h, w).to(dev)
         self.edge_scale = scale.view(1, 1, h, w).to(dev)
-        return {"edge_norm": {"mode": "ring", "quantile": quantile, "tiles": n_tiles, "ring_px": int(width),
-                              "spread_floor": float(floor),
-                              "median": [round(float(v), 4) for v in med],
-                              "tail": [round(float(v), 4) for v in tail]}}
+        return {"edge_norm": {"mode": "ring", "quantile": quantile, **facts}}
+
+    @torch.no_grad()
+    def fit_term_edges(self, term_batches: Sequence[list[torch.Tensor]], quantile: float = 0.999,
+                       per_tile: int = 256) -> dict[str, object]:
+        """Edge calibration of every term before the sum (edge_norm "terms"): the same rings as
+        ``fit_edges``, one pixel of the working resolution wide, fitted per term on the good tiles'
+        ``terms`` (each term's tail is set by the border differently: the memory's by patches that
+        see outside the part, a student layer's by its padding). Then fit ``fit_edges`` on the
+        ``combine`` of the same terms.
+
+        Args:
+            term_batches: per batch, ``terms`` of good tiles (a sequence: it is read once per term).
+        """
+        facts: list[dict[str, object]] = []
+        dev = self.layer_shift.device
+        for i in range(self.n_layers):
+            fitted = self._fit_rings((t[i] for t in term_batches), 1, quantile, per_tile)
+            if fitted is None:
+                self.reset_edges()
+                return {"term_edge_norm": "not fitted: no images"}
+            shift, scale, f = fitted
+            h, w = shift.shape
+            setattr(self, f"term_shift{i}", shift.view(1, 1, h, w).to(dev))
+            setattr(self, f"term_scale{i}", scale.view(1, 1, h, w).to(dev))
+            facts.append({"median": f["median"], "tail": f["tail"], "spread_floor": f["spread_floor"]})
+        return {"term_edge_norm": {"quantile": quantile, "terms": facts}}
 
     @torch.no_grad()
     def fit(self, layer_map_batches: Iterable[list[torch.Tensor]], mode: str = "position",
@@ -321,12 +370,13 @@ class DistillationScorer(nn.Module):
             facts["pixels"].append(int(n_img * pos_mean.numel()))
         return {"layer_norm": {"mode": mode, "images": n_img, **facts}}
 
-    def forward(self, layer_maps: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: layer_maps list of (N,1,h,w); size (H, W). Returns map (N,1,H,W), score (N,)."""
-        work = size
+    def terms(self, layer_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The normalised term of each layer map (per-position or per-layer statistics), at the
+        working resolution: (N, 1, h, w) each, before any per-term edge calibration and weight."""
+        work = None
         if self.map_stride > 1:
             work = (int(layer_maps[0].shape[-2]), int(layer_maps[0].shape[-1]))
-        up = []
+        out = []
         for i, m in enumerate(layer_maps):
             pos_shift, pos_scale = getattr(self, f"pos_shift{i}"), getattr(self, f"pos_scale{i}")
             if pos_shift.numel():
@@ -338,16 +388,33 @@ class DistillationScorer(nn.Module):
                 z = (m - pos_shift) * pos_scale
             else:
                 z = (m - self.layer_shift[i]) * self.layer_scale[i]
+            if work is not None and (int(z.shape[-2]), int(z.shape[-1])) != work:
+                z = F.interpolate(z, size=work, mode="bilinear", align_corners=False)
+            out.append(z)
+        return out
+
+    def combine(self, terms: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``terms`` → per-term edge calibration, weights, sum, smoothing, the input size, edge
+        calibration of the map. Returns map (N,1,H,W), score (N,)."""
+        up = []
+        for i, z in enumerate(terms):
+            t_shift, t_scale = getattr(self, f"term_shift{i}"), getattr(self, f"term_scale{i}")
+            if self.map_stride == 1 and (int(z.shape[-2]), int(z.shape[-1])) != size:
+                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+            if t_shift.numel():
+                if tuple(t_shift.shape[-2:]) != (int(z.shape[-2]), int(z.shape[-1])):
+                    raise ValueError(
+                        f"term {i} is {tuple(z.shape[-2:])} but its edge calibration was fitted on "
+                        f"{tuple(t_shift.shape[-2:])} maps: run the model at the input size it was trained with")
+                z = (z - t_shift) * t_scale
             if self.weights is not None and self.weights[i] != 1.0:
                 z = z * self.weights[i]
-            if (int(z.shape[-2]), int(z.shape[-1])) != work:
-                z = F.interpolate(z, size=work, mode="bilinear", align_corners=False)
             up.append(z)
         amap = torch.stack(up, dim=0).sum(dim=0)
-        if self.combine == "mean":
+        if self.combine_mode == "mean":
             amap = amap / len(up)
         amap = self.smooth(amap)
-        if work != size:
+        if (int(amap.shape[-2]), int(amap.shape[-1])) != tuple(size):
             amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
         if self.edge_shift.numel():
             if tuple(self.edge_shift.shape[-2:]) != (int(amap.shape[-2]), int(amap.shape[-1])):
@@ -357,6 +424,10 @@ class DistillationScorer(nn.Module):
             amap = (amap - self.edge_shift) * self.edge_scale
         score = torch.amax(amap, dim=(1, 2, 3))
         return amap, score
+
+    def forward(self, layer_maps: list[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: layer_maps list of (N,1,h,w); size (H, W). Returns map (N,1,H,W), score (N,)."""
+        return self.combine(self.terms(layer_maps), size)
 
 
 class DistillationModel(AnomalyModel):
@@ -428,14 +499,31 @@ class DistillationModel(AnomalyModel):
     @torch.no_grad()
     def fit_edge_normalisation(self, images: Iterable[torch.Tensor], mode: str = "ring",
                                quantile: float = 0.999) -> dict[str, Any]:
-        """Fit (``mode`` "ring") or drop ("none") the scorer's edge calibration on good images,
-        after ``fit_score_normalisation`` (see ``DistillationScorer.fit_edges``)."""
-        self.scorer.reset_edges()
+        """Fit (``mode`` "ring": the final map; "terms": every term, then the final map) or drop
+        ("none") the scorer's edge calibration on good images, after ``fit_score_normalisation``
+        (see ``DistillationScorer.fit_edges`` / ``fit_term_edges``). One pass of the network: the
+        terms are kept (working resolution, a few tens of MB for a thousand tiles) and the final
+        maps are combined from them."""
+        scorer = self.scorer
+        scorer.reset_edges()
         if mode == "none":
             return {"edge_norm": "none"}
-        if mode != "ring":
-            raise ValueError(f"edge normalisation mode must be ring or none, got {mode!r}")
-        return self.scorer.fit_edges((self(x).map for x in images), quantile)
+        if mode not in ("ring", "terms"):
+            raise ValueError(f"edge normalisation mode must be terms, ring or none, got {mode!r}")
+        cached: list[list[torch.Tensor]] = []
+        size: tuple[int, int] | None = None
+        for x in images:
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            cached.append([t.to("cpu") for t in scorer.terms(self.layer_maps(x))])
+        facts: dict[str, Any] = {}
+        if mode == "terms":
+            facts.update(scorer.fit_term_edges(cached, quantile))
+        dev = scorer.layer_shift.device
+        maps = (scorer.combine([t.to(dev) for t in terms], size)[0] for terms in cached)  # type: ignore[arg-type]
+        facts.update(scorer.fit_edges(maps, quantile))
+        if mode == "terms" and isinstance(facts.get("edge_norm"), dict):
+            facts["edge_norm"]["mode"] = "terms"
+        return facts
 
     def forward(self, x: torch.Tensor) -> AnomalyOutput:
         amap, score = self.scorer(self.layer_maps(x), (x.shape[-2], x.shape[-1]))
