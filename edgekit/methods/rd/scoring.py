@@ -94,6 +94,16 @@ class DistillationScorer(nn.Module):
     Same trained rd-mem-lite0 runs, image AUROC as-is → ring: synthetic parts 0.900 → 0.938 (60 %
     of good parts had their max within 8 px of the border, 15 % after), and the bundles on fabric
     0.995 → 0.9996, ELPV poly 0.883 → 0.890, mono 0.930 → 0.932 (benchmarks/README.md).
+
+    Per term (``fit_term_edges``; recipe ``score.edge_norm: terms``, the default): the same rings,
+    fitted on each term (a layer's map, the memory's map) at the working resolution before the
+    weighted sum, then the ring of the final map as above. The terms' tails at the border differ
+    (a student layer's from its padding, the memory's from patches that see past the part's edge),
+    and one ring on the sum scales every term by the tail of whichever term is heaviest there, so
+    a defect near the border that only a light-tailed term sees is scaled down with it. Ringing
+    each term first puts every term's tail at the same height before the weights apply.
+    Same trained rd-mem-lite0 weights, image AUROC ring → terms: ELPV mono 0.932 → 0.936
+    (benchmarks/README.md, 2026-12-04).
     """
 
     MODES = ("layer", "position")
