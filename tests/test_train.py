@@ -100,9 +100,25 @@ def test_rescore_refits_statistics_and_threshold_without_touching_weights(tmp_pa
     assert load_run(run).model.scorer.mode == "none"
 
 
-def test_a_fresh_run_has_term_and_edge_rings_and_rescore_drops_or_refits_them(tmp_path: Path, tiny_run: Path) -> None:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def terms_run(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
+    """``tiny_run`` rescored with the per-term rings (``score.edge_norm: terms``)."""
+    run = tmp_path_factory.mktemp("terms") / "run"
     shutil.copytree(tiny_run, run)
+    rescore_run(run, edge_norm="terms", quiet=True)
+    return run
+
+
+def test_a_fresh_run_has_the_edge_ring(tiny_run: Path) -> None:
+    lr = load_run(tiny_run)
+    assert lr.recipe.score.edge_norm == "ring" and lr.model.scorer.edge_mode == "ring"
+    facts = json.loads((tiny_run / "run.json").read_text())["method_facts"]
+    assert facts["edge_norm"]["mode"] == "ring" and "term_edge_norm" not in facts
+
+
+def test_a_run_with_term_rings_has_them_and_rescore_drops_or_refits_them(tmp_path: Path, terms_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(terms_run, run)
     before = load_run(run)
     sc = before.model.scorer
     assert before.recipe.score.edge_norm == "terms" and sc.edge_mode == "terms"
@@ -128,13 +144,13 @@ def test_a_fresh_run_has_term_and_edge_rings_and_rescore_drops_or_refits_them(tm
     torch.testing.assert_close(again.edge_shift, shift)
 
 
-def test_the_onnx_graph_of_a_run_with_term_rings_matches_torch_and_keeps_them_float(tmp_path: Path, tiny_run: Path) -> None:
+def test_the_onnx_graph_of_a_run_with_term_rings_matches_torch_and_keeps_them_float(tmp_path: Path, terms_run: Path) -> None:
     import onnx
 
     from edgekit.compile.onnx_export import export_onnx, ort_run
     from edgekit.compile.quantize import scoring_tail
 
-    lr = load_run(tiny_run)
+    lr = load_run(terms_run)
     sc = lr.model.scorer
     assert sc.edge_mode == "terms"
     path = export_onnx(lr.model, lr.spec, tmp_path / "m.onnx")

@@ -68,10 +68,11 @@ class ScoreConfig(StrictModel):
     layer_norm: Literal["position", "layer", "none"] = "position"
     # distillation methods: after layer_norm, rescale by distance to the tile edge so that every
     # ring of positions has the same median and upper tail (the edge_quantile) on the good
-    # training tiles: "terms" = each term (layer map, memory map) before the weighted sum, then the
-    # final map; "ring" = the final map only; "none" = leave it. Border / padding effects are
-    # heavy-tailed, and each term's tail differs.
-    edge_norm: Literal["terms", "ring", "none"] = "terms"
+    # training tiles: "ring" = the final map; "terms" = each term (layer map, memory map) before
+    # the weighted sum too, which also matches the terms' tails (a re-weighting: on ELPV it acts as
+    # a heavier memory weight, on fabric it costs PRO; benchmarks/README.md 2026-12-04); "none" =
+    # leave it. Border / padding effects are heavy-tailed.
+    edge_norm: Literal["terms", "ring", "none"] = "ring"
     edge_quantile: float = Field(0.999, gt=0.5, lt=1.0)
     memory: MemoryConfig | None = None
 
