@@ -95,15 +95,16 @@ class DistillationScorer(nn.Module):
     of good parts had their max within 8 px of the border, 15 % after), and the bundles on fabric
     0.995 → 0.9996, ELPV poly 0.883 → 0.890, mono 0.930 → 0.932 (benchmarks/README.md).
 
-    Per term (``fit_term_edges``; recipe ``score.edge_norm: terms``, the default): the same rings,
+    Per term (``fit_term_edges``; recipe ``score.edge_norm: terms``, opt-in): the same rings,
     fitted on each term (a layer's map, the memory's map) at the working resolution before the
-    weighted sum, then the ring of the final map as above. The terms' tails at the border differ
-    (a student layer's from its padding, the memory's from patches that see past the part's edge),
-    and one ring on the sum scales every term by the tail of whichever term is heaviest there, so
-    a defect near the border that only a light-tailed term sees is scaled down with it. Ringing
-    each term first puts every term's tail at the same height before the weights apply.
-    Same trained rd-mem-lite0 weights, image AUROC ring → terms: ELPV mono 0.932 → 0.936
-    (benchmarks/README.md, 2026-12-04).
+    weighted sum, then the ring of the final map as above. Besides flattening each term's border
+    profile, this sets every term's tail to 1, which is a re-weighting: the memory's map, whose
+    position-normalised tail is the lightest (≈ 1.1 against 2.4–4.2 for the layers on ELPV mono),
+    gains weight against the student's. Same trained rd-mem-lite0 weights, ring → terms: ELPV mono
+    0.932 → 0.936, poly 0.890 → 0.897, fabric PRO 0.963 → 0.957; the border profile alone (each
+    term keeping its typical scale) gives mono 0.930, poly 0.890, fabric = ring, and terms with the
+    memory at weight 1 gives mono 0.929: the gain is the weight, not the border, so it is not the
+    default (benchmarks/README.md, 2026-12-04).
     """
 
     MODES = ("layer", "position")
@@ -511,27 +512,27 @@ class DistillationModel(AnomalyModel):
                                quantile: float = 0.999) -> dict[str, Any]:
         """Fit (``mode`` "ring": the final map; "terms": every term, then the final map) or drop
         ("none") the scorer's edge calibration on good images, after ``fit_score_normalisation``
-        (see ``DistillationScorer.fit_edges`` / ``fit_term_edges``). One pass of the network: the
-        terms are kept (working resolution, a few tens of MB for a thousand tiles) and the final
-        maps are combined from them."""
+        (see ``DistillationScorer.fit_edges`` / ``fit_term_edges``). One pass of the network; for
+        "terms" the terms are kept (working resolution, 64 KB per lite0 tile at 256²) and the final
+        maps are combined from them, "ring" streams the maps."""
         scorer = self.scorer
         scorer.reset_edges()
         if mode == "none":
             return {"edge_norm": "none"}
-        if mode not in ("ring", "terms"):
+        if mode == "ring":
+            return scorer.fit_edges((self(x).map for x in images), quantile)
+        if mode != "terms":
             raise ValueError(f"edge normalisation mode must be terms, ring or none, got {mode!r}")
         cached: list[list[torch.Tensor]] = []
         size: tuple[int, int] | None = None
         for x in images:
             size = (int(x.shape[-2]), int(x.shape[-1]))
             cached.append([t.to("cpu") for t in scorer.terms(self.layer_maps(x))])
-        facts: dict[str, Any] = {}
-        if mode == "terms":
-            facts.update(scorer.fit_term_edges(cached, quantile))
+        facts: dict[str, Any] = dict(scorer.fit_term_edges(cached, quantile))
         dev = scorer.layer_shift.device
         maps = (scorer.combine([t.to(dev) for t in terms], size)[0] for terms in cached)  # type: ignore[arg-type]
         facts.update(scorer.fit_edges(maps, quantile))
-        if mode == "terms" and isinstance(facts.get("edge_norm"), dict):
+        if isinstance(facts.get("edge_norm"), dict):
             facts["edge_norm"]["mode"] = "terms"
         return facts
 
