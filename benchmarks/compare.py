@@ -86,12 +86,9 @@ def time_callable(fn: Callable[[], Any], warmup: int, iters: int) -> dict[str, f
 def ort_session(path: str | Path, threads: int, profile_prefix: str | None = None) -> Any:
     """onnxruntime CPU session with edgekit's runtime options (``session_options``: ``threads``
     intra-op threads, sequential), used for *both* sides' models alike."""
-    import onnxruntime as ort
+    from edgekit.runtime.backends.ort import ort_session
 
-    from edgekit.runtime.backends.ort import session_options
-
-    return ort.InferenceSession(str(path), session_options(threads, profile_prefix),
-                                providers=["CPUExecutionProvider"])
+    return ort_session(path, threads, profile_prefix=profile_prefix)
 
 
 def ort_latency(path: str | Path, tile: np.ndarray, threads: int, warmup: int, iters: int) -> dict[str, float]:

@@ -30,11 +30,10 @@ class Candidate:
 
 
 def _ort_candidate(path: Path, precision: str, threads: int) -> Candidate:
-    import onnxruntime as ort
 
-    from edgekit.runtime.backends.ort import session_options
+    from edgekit.runtime.backends.ort import ort_session
 
-    sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads)
     return Candidate(f"onnxruntime-{precision}", "onnxruntime", precision,
                      lambda t: sess.run(["anomaly_map", "score"], {"image": t}))
 

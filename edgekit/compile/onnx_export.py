@@ -116,10 +116,9 @@ def set_metadata(path: str | Path, props: dict[str, str]) -> None:
 
 def ort_run(path: str | Path, tiles: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Run an exported model in onnxruntime: tiles (N,S,S,3) uint8 → (maps (N,S,S), scores (N,))."""
-    import onnxruntime as ort
 
-    from edgekit.runtime.backends.ort import session_options
+    from edgekit.runtime.backends.ort import ort_session
 
-    sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads)
     m, s = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(tiles)})
     return m[:, 0], s

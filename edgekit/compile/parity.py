@@ -199,15 +199,13 @@ class OnnxModel:
     """One ONNX file in onnxruntime (CPU), scoring tiles in batches."""
 
     def __init__(self, path: str | Path, threads: int = 0, batch: int = 8) -> None:
-        import onnxruntime as ort
 
-        from edgekit.runtime.backends.ort import session_options
+        from edgekit.runtime.backends.ort import ort_session
 
-        so = session_options(threads)
         self.path = Path(path)
         self.batch = batch
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.session = ort_session(path, threads)
         except Exception as exc:  # onnxruntime's own exception types
             raise BundleError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]}); rebuild the bundle") from None
 

@@ -63,7 +63,6 @@ class OrtScorer:
     kind = "onnxruntime"
 
     def __init__(self, bundle_dir: str | Path, model_key: str = "fp32", threads: int = 0, batch: int = 8) -> None:
-        import onnxruntime as ort
 
         from edgekit.bundle.io import load_bundle
 
@@ -72,10 +71,9 @@ class OrtScorer:
         self.thresholds = self.bundle.thresholds
         self.info = self.bundle.manifest
         self.batch = batch
-        from edgekit.runtime.backends.ort import session_options
+        from edgekit.runtime.backends.ort import ort_session
 
-        self.session = ort.InferenceSession(str(self.bundle.model_path(model_key)), session_options(threads),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort_session(self.bundle.model_path(model_key), threads)
 
     def score_tiles(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = [], []

@@ -46,3 +46,67 @@ def test_int8_with_8bit_weights_warns_on_a_cpu_without_vnni(tiny_run, tiny_datas
     monkeypatch.setattr(ort_backend, "cpu_int8_dot", lambda: True)
     ort_backend.OrtBackend(ort_backend.OrtBackendConfig(precision="int8")).load(load_bundle(out))
     assert "int8_saturation_risk" not in stream.getvalue()
+
+
+def _qdq_depthwise_model() -> bytes:
+    """Q → DQ → a depthwise Conv whose float weights span four orders of magnitude per channel
+    (what edgekit's INT8 build leaves in float) → Q → DQ, as onnxruntime sees it in a bundle."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 1, 3, 3)).astype(np.float32) * np.array([1e-3, 1e-2, 1e-1, 10.0], np.float32)[:, None, None, None]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.uint8), "zp"),
+             numpy_helper.from_array(np.array(1 / 64, np.float32), "s2"),
+             numpy_helper.from_array(np.array(128, np.uint8), "zp2")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+             helper.make_node("Conv", ["xd", "w", "b"], ["c"], group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "s2", "zp2"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "s2", "zp2"], ["y"])]
+    g = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _reference_and(session_factory):
+    import numpy as np
+    import onnxruntime as ort
+
+    model = _qdq_depthwise_model()
+    x = {"x": np.random.default_rng(1).random((1, 4, 8, 8), dtype=np.float32)}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    return reference, session_factory(model).run(None, x)[0]
+
+
+def test_sessions_keep_the_float_convolutions_of_an_int8_model_in_float() -> None:
+    """onnxruntime's WeightBiasQuantization would give the float depthwise weights one int8 scale
+    for all channels. edgekit's sessions turn it off, so the Conv computes what the graph says (the
+    reference: every graph optimisation off)."""
+    import numpy as np
+
+    from edgekit.runtime.backends.ort import ort_session
+
+    reference, ours = _reference_and(lambda m: ort_session(m, threads=1))
+    assert np.abs(reference[0, 1]).max() >= 2 / 64  # the small channel has an output ...
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-6)  # ... and it is computed exactly
+
+
+def test_onnxruntime_defaults_requantize_float_convolutions() -> None:
+    """Why ``DISABLED_OPTIMIZERS`` exists: with onnxruntime's defaults the small channel of the same
+    model is zeroed (its weights quantized with the large channel's scale)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekit.runtime.backends.ort import session_options
+
+    reference, plain = _reference_and(
+        lambda m: ort.InferenceSession(m, session_options(1), providers=["CPUExecutionProvider"]))
+    if np.array_equal(plain, reference):
+        pytest.skip(f"onnxruntime {ort.__version__} does not requantize float Conv weights (no WeightBiasQuantization)")
+    assert np.abs(reference[0, 1]).max() >= 2 / 64
+    assert np.abs(plain[0, 1]).max() == 0.0

@@ -74,6 +74,39 @@ def session_options(threads: int = 0, profile_prefix: str | None = None) -> Any:
     return so
 
 
+# onnxruntime graph transformers edgekit turns off in every session it makes.
+# ``WeightBiasQuantization`` (onnxruntime >= 1.20, level 1) gives every Conv/ConvTranspose/Gemm whose
+# input comes from a DequantizeLinear but whose weight is a float initializer a *per-tensor* int8
+# weight, so that the node fuses into a QLinearConv. edgekit's INT8 bundles keep the depthwise
+# convolutions in float on purpose (their per-channel weight ranges differ by orders of magnitude):
+# requantized per tensor, the rd-mem-lite0 ELPV mono bundle lost 2.7 pt image AUROC (0.933 with Q/DQ
+# computed exactly, 0.906 with the transformer on; measured 2026-12-04, onnxruntime 1.32). FP32
+# models have no DequantizeLinear, so this changes nothing for them. Unknown names are ignored by
+# older onnxruntime versions.
+DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
+
+def ort_session(model: Any, threads: int = 0, providers: list[str] | None = None,
+                profile_prefix: str | None = None, options: Any = None) -> Any:
+    """An onnxruntime ``InferenceSession`` as edgekit makes every one of them: ``session_options``
+    and the transformers in ``DISABLED_OPTIMIZERS`` off, so that the float nodes the INT8 build kept
+    in float stay float on every machine.
+
+    Args:
+        model: ONNX file path or serialised model bytes.
+        threads: intra-op threads (0: one per core).
+        providers: execution providers (default: CPU only).
+        profile_prefix: write a per-node profile trace with this file prefix.
+        options: ``SessionOptions`` to use instead of ``session_options(threads, profile_prefix)``.
+    """
+    import onnxruntime as ort
+
+    so = options if options is not None else session_options(threads, profile_prefix)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so,
+                                providers=providers or ["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+
+
 class OrtBackendConfig(StrictModel):
     type: Literal["onnxruntime"] = "onnxruntime"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
@@ -106,10 +139,9 @@ class OrtBackend(Backend):
                 f"onnxruntime has no {wanted} here (available: {', '.join(available)}); "
                 "install onnxruntime-gpu or set backend.device: cpu"
             )
-        opts = session_options(self.cfg.threads)
         providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
         try:
-            sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            sess = ort_session(path, self.cfg.threads, providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: onnxruntime cannot load the model ({str(exc).splitlines()[0]}); rebuild the bundle") from None
         q = bundle.models.get(self.cfg.precision, {}).get("quantization", {})
