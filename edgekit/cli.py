@@ -223,8 +223,8 @@ def calibrate(model_dir: str, data_dir: str, frr: str, confidence: float, method
                    "warns on a CPU without VNNI).")
 @click.option("--int8-float-depthwise/--int8-quantize-depthwise", default=True, show_default=True,
               help="INT8: keep depthwise convolutions float (each sums only k² products of one channel, so "
-                   "rounding does not average out; a few % of the compute). --int8-quantize-depthwise makes "
-                   "them int8 too.")
+                   "rounding does not average out). --int8-quantize-depthwise makes them int8 too: faster on "
+                   "x86 CPUs, about 1 pt AUROC lower on ELPV.")
 @click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None, metavar="KEY",
               help="Sign the manifest with this Ed25519 private key (edgekit keys new): manifest.sig beside it; "
                    "stations with a trust list load only bundles signed by a key they trust.")

@@ -88,10 +88,12 @@ def depthwise_nodes(model: onnx.ModelProto) -> list[str]:
     filter's weights span very different ranges. On ELPV poly (rd-mem-lite0, fp32 0.883) keeping
     only the teacher's depthwise convolutions float moved INT8 from 0.871 to 0.882 (Q/DQ emulated;
     TensorRT layout 0.870 → 0.885); on ELPV mono, held out (fp32 0.930): 0.921 → 0.928, TensorRT
-    layout 0.926 → 0.931 — no latency cost in onnxruntime (17.5 against 17.8 ms, AMD EPYC, 2
-    threads): they are a few % of the MACs. onnxruntime's kernels on a CPU without VNNI land up to
-    1.4 pt either side of those figures (benchmarks/README.md); what float depthwise layers cost in
-    a TensorRT engine is not measured (no Jetson here)."""
+    layout 0.926 → 0.931. Their cost on a 2-core x86 CPU: the INT8 model is about as fast as FP32
+    (mono 18.9 against 17.4 ms; with them int8: 19.1 against 24.1 ms in another run, at −1 pt);
+    what float depthwise layers cost in a TensorRT engine is not measured (no Jetson here). They
+    stay float in onnxruntime only with its ``WeightBiasQuantization`` rewrite off, which every
+    edgekit session does (``edgekit.runtime.backends.ort.ort_session``; benchmarks/README.md,
+    2026-12-04 late)."""
     inits = {i.name: i for i in model.graph.initializer}
     out = []
     for n in model.graph.node:
@@ -553,6 +555,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         raise BundleError(f"{dst}: quantizer inserted no Q/DQ nodes; the graph has no quantizable ops")
     float_compute = [n.name for n in q.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
                      and not _computes_in_int8(q, n)]
+    from edgekit.runtime.backends.ort import DISABLED_OPTIMIZERS
+
     return {
         "format": "QDQ", "flavor": flavor, "tool": "onnxruntime.quantization.quantize_static", "per_channel": True,
         "activation_type": "int8-symmetric" if flavor == "tensorrt" else "uint8-asymmetric",
@@ -561,6 +565,9 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         "op_types": op_types, "qdq_nodes": counts, "excluded_nodes": excluded,
         "float_compute_nodes": float_compute, "exclude_stem": exclude_stem, "float_depthwise": float_depthwise,
         "input_norm": "folded-into-stem" if fold else "float-nhwc" if input_nhwc else "float",
+        # what a session must turn off to run the float-compute nodes in float (another runtime
+        # than edgekit's, e.g. a plant's own onnxruntime integration, needs the same)
+        "onnxruntime_disabled_optimizers": list(DISABLED_OPTIMIZERS),
         "n_calibration_tiles": int(len(calib_tiles)),
         **({"input_norm_fold": {k: fold[k] for k in ("scale", "zero_point", "max_border_error_levels")}} if fold else {}),
     }

