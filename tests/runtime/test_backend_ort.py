@@ -23,17 +23,25 @@ def test_cpu_int8_dot_without_flags_line_is_unknown() -> None:
     assert cpu_int8_dot("processor : 0\n", "x86_64") is None
 
 
-def test_int8_with_8bit_weights_warns_on_a_cpu_without_vnni(tiny_run, tiny_dataset, tmp_path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_run, tiny_dataset, tmp_path_factory):
+    """An fp32 + int8 bundle of the tiny run with 8-bit weights, built by this edgekit."""
+    from edgekit.compile.build import build_bundle
+
+    return build_bundle(tiny_run, tmp_path_factory.mktemp("int8") / "b", precisions=["fp32", "int8"],
+                        eval_data=tiny_dataset, allow_degraded=True, calib_max_tiles=8,
+                        int8_reduce_range=False, quiet=True)
+
+
+def test_int8_with_8bit_weights_warns_on_a_cpu_without_vnni(int8_bundle, monkeypatch) -> None:
     import io
     import json
 
     from edgekit.bundle.io import load_bundle
-    from edgekit.compile.build import build_bundle
     from edgekit.runtime.backends import ort as ort_backend
     from edgekit.runtime.logs import setup_logging
 
-    out = build_bundle(tiny_run, tmp_path / "b", precisions=["fp32", "int8"], eval_data=tiny_dataset,
-                       allow_degraded=True, calib_max_tiles=8, int8_reduce_range=False, quiet=True)
+    out = int8_bundle
     stream = io.StringIO()
     setup_logging("json", stream=stream)
     monkeypatch.setattr(ort_backend, "cpu_int8_dot", lambda: False)
@@ -46,6 +54,35 @@ def test_int8_with_8bit_weights_warns_on_a_cpu_without_vnni(tiny_run, tiny_datas
     monkeypatch.setattr(ort_backend, "cpu_int8_dot", lambda: True)
     ort_backend.OrtBackend(ort_backend.OrtBackendConfig(precision="int8")).load(load_bundle(out))
     assert "int8_saturation_risk" not in stream.getvalue()
+    assert "int8_gate_stale" not in stream.getvalue()  # built by this edgekit: its gate is current
+
+
+def test_int8_bundle_gated_under_the_old_session_warns(int8_bundle, tmp_path) -> None:
+    """A bundle built before edgekit's sessions kept the float depthwise convs float (its manifest
+    lacks ``onnxruntime_disabled_optimizers``) still runs, with one warning that says to rebuild."""
+    import io
+    import json
+    import shutil
+
+    from edgekit.bundle.io import load_bundle
+    from edgekit.runtime.backends import ort as ort_backend
+    from edgekit.runtime.logs import setup_logging
+
+    old = tmp_path / "old"
+    shutil.copytree(int8_bundle, old)
+    mf = json.loads((old / "manifest.json").read_text())
+    q = mf["models"]["int8"]["quantization"]
+    assert q["float_depthwise"] is True and q.pop("onnxruntime_disabled_optimizers")
+    (old / "manifest.json").write_text(json.dumps(mf))
+    stream = io.StringIO()
+    setup_logging("json", stream=stream)
+    be = ort_backend.OrtBackend(ort_backend.OrtBackendConfig(precision="int8"))
+    be.load(load_bundle(old))
+    warn = [e for e in map(json.loads, stream.getvalue().splitlines()) if e.get("event") == "int8_gate_stale"]
+    assert len(warn) == 1 and "edgekit build" in warn[0]["fix"]
+    stream.truncate(0)
+    ort_backend.OrtBackend(ort_backend.OrtBackendConfig(precision="fp32")).load(load_bundle(old))
+    assert "int8_gate_stale" not in stream.getvalue()  # FP32 has no DequantizeLinear: nothing changed
 
 
 def _qdq_depthwise_model() -> bytes:

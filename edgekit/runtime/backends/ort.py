@@ -155,6 +155,17 @@ class OrtBackend(Backend):
             emit(logging.getLogger(LOGGER_NAME), logging.WARNING, "int8_saturation_risk",
                  model=str(path), fix="this CPU has no VNNI: rebuild the bundle with `edgekit build "
                  "--int8-reduce-range` (7-bit weights) or run precision fp32")
+        if self.cfg.precision == "int8" and q.get("float_depthwise") and "onnxruntime_disabled_optimizers" not in q:
+            import logging
+
+            from edgekit.runtime.logs import LOGGER_NAME, emit
+
+            # built before edgekit's sessions turned WeightBiasQuantization off: the build's gate
+            # scored the depthwise convs as per-tensor int8, this session runs them float
+            emit(logging.getLogger(LOGGER_NAME), logging.WARNING, "int8_gate_stale",
+                 model=str(path), fix="this bundle's INT8 accuracy gate was measured while onnxruntime "
+                 "re-quantized its float depthwise convolutions; rebuild it with `edgekit build "
+                 "--eval-data DIR` so the gate measures what runs now")
         names = {o.name for o in sess.get_outputs()}
         if "score" not in names or [i.name for i in sess.get_inputs()] != ["image"]:
             raise BundleError(f"{path}: model does not follow the contract (input 'image', outputs "
