@@ -75,14 +75,15 @@ def session_options(threads: int = 0, profile_prefix: str | None = None) -> Any:
 
 
 # onnxruntime graph transformers edgekit turns off in every session it makes.
-# ``WeightBiasQuantization`` (onnxruntime >= 1.20, level 1) gives every Conv/ConvTranspose/Gemm whose
-# input comes from a DequantizeLinear but whose weight is a float initializer a *per-tensor* int8
-# weight, so that the node fuses into a QLinearConv. edgekit's INT8 bundles keep the depthwise
+# ``WeightBiasQuantization`` (level 1; onnxruntime 1.21+, microsoft/onnxruntime#22969; since 1.22
+# only where the node's output feeds a QuantizeLinear, #24537) gives every Conv/ConvTranspose/Gemm
+# whose input comes from a DequantizeLinear but whose weight is a float initializer a *per-tensor*
+# int8 weight, so that the node fuses into a QLinearConv. edgekit's INT8 bundles keep the depthwise
 # convolutions in float on purpose (their per-channel weight ranges differ by orders of magnitude):
 # requantized per tensor, the rd-mem-lite0 ELPV mono bundle lost 2.7 pt image AUROC (0.933 with Q/DQ
 # computed exactly, 0.906 with the transformer on; measured 2026-12-04, onnxruntime 1.32). FP32
-# models have no DequantizeLinear, so this changes nothing for them. Unknown names are ignored by
-# older onnxruntime versions.
+# models have no DequantizeLinear, so this changes nothing for them. onnxruntime ignores names it
+# does not know (checked on 1.32 with a made-up one), so versions before 1.21 load as before.
 DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
