@@ -30,7 +30,6 @@ class Candidate:
 
 
 def _ort_candidate(path: Path, precision: str, threads: int) -> Candidate:
-
     from edgekit.runtime.backends.ort import ort_session
 
     sess = ort_session(path, threads)

@@ -116,7 +116,6 @@ def set_metadata(path: str | Path, props: dict[str, str]) -> None:
 
 def ort_run(path: str | Path, tiles: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Run an exported model in onnxruntime: tiles (N,S,S,3) uint8 → (maps (N,S,S), scores (N,))."""
-
     from edgekit.runtime.backends.ort import ort_session
 
     sess = ort_session(path, threads)

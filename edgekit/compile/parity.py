@@ -199,7 +199,6 @@ class OnnxModel:
     """One ONNX file in onnxruntime (CPU), scoring tiles in batches."""
 
     def __init__(self, path: str | Path, threads: int = 0, batch: int = 8) -> None:
-
         from edgekit.runtime.backends.ort import ort_session
 
         self.path = Path(path)

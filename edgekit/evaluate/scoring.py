@@ -63,7 +63,6 @@ class OrtScorer:
     kind = "onnxruntime"
 
     def __init__(self, bundle_dir: str | Path, model_key: str = "fp32", threads: int = 0, batch: int = 8) -> None:
-
         from edgekit.bundle.io import load_bundle
 
         self.bundle = load_bundle(bundle_dir)
