@@ -113,8 +113,12 @@ def _tensorrt_importable() -> bool:
 
 
 def _gate(run: Any, tmp: Path, keys: list[str], eval_data: str | Path | None, thresholds: dict[str, Any],
-          allow_degraded: bool, eval_max_images: int | None, quiet: bool) -> dict[str, Any]:
-    """Score every precision and FP32 on the same held-out images; refuse beyond the tolerance."""
+          allow_degraded: bool, eval_max_images: int | None, quiet: bool,
+          exact: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score every precision and FP32 on the same held-out images; refuse beyond the tolerance.
+
+    ``exact``: precision → why it is scored as its Q/DQ graph's own arithmetic (``OnnxModel(exact=
+    True)``) rather than by this host's onnxruntime kernels (see ``parity.exact_scoring_reason``)."""
     from edgekit.compile.parity import (
         OnnxModel,
         accuracy_gate,
@@ -123,6 +127,7 @@ def _gate(run: Any, tmp: Path, keys: list[str], eval_data: str | Path | None, th
         eval_set_from_dir,
         load_eval_set,
         own_band,
+        scored_as,
     )
 
     if eval_data is not None:
@@ -147,9 +152,11 @@ def _gate(run: Any, tmp: Path, keys: list[str], eval_data: str | Path | None, th
     good = np.ones(ref.shape, bool) if not labelled else es.labels == 0
     provisional = str(thresholds.get("source", "")).startswith("provisional") and eval_data is None
     refused = []
+    exact = exact or {}
     for key in keys:
-        scores = es.image_scores(OnnxModel(tmp / MODEL_FILES[key]).score_tiles(es.tiles))
+        scores = es.image_scores(OnnxModel(tmp / MODEL_FILES[key], exact=key in exact).score_tiles(es.tiles))
         results[key] = r = compare(ref, scores, es.labels, thresholds)
+        r["scored_as"] = scored_as(exact.get(key))
         if have_band:  # decisions are checked always, labelled data or not
             own = own_band(ref, scores, thresholds, good, provisional)
             r["band"] = {**own, "n_images": es.n_images}
@@ -339,7 +346,12 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
                   f"({qinfo['qdq_nodes']['QuantizeLinear']} Q nodes, {len(qinfo['excluded_nodes'])} nodes kept float)")
     thresholds = {k: cal.get(k) for k in ("threshold", "accept_edge", "reject_edge", "source")}
     if len(keys) > 1:
-        gate = _gate(run, tmp, keys[1:], eval_data, thresholds, allow_degraded, eval_max_images, quiet)
+        from edgekit.compile.parity import exact_scoring_reason
+
+        exact = {"int8": why} if "int8" in keys and (why := exact_scoring_reason(models["int8"]["quantization"])) else {}
+        if exact and not quiet:
+            print(f"int8 gate: scored as the Q/DQ graph's exact arithmetic ({exact['int8']})")
+        gate = _gate(run, tmp, keys[1:], eval_data, thresholds, allow_degraded, eval_max_images, quiet, exact)
         for key in keys[1:]:
             models[key]["accuracy"] = gate["results"][key]
             if "band" in gate["results"][key]:  # its own edges: the runtime uses them (Band.resolve)

@@ -195,16 +195,57 @@ def decision_check(ref: np.ndarray, test: np.ndarray, labels: np.ndarray | None,
                               "own_band": int(np.sum(good & (d_own == 2)))}}
 
 
-class OnnxModel:
-    """One ONNX file in onnxruntime (CPU), scoring tiles in batches."""
+def exact_scoring_reason(qinfo: dict[str, Any], int8_dot: bool | None = None) -> str | None:
+    """Why an INT8 model must be scored on this host as its graph's exact arithmetic (the build's
+    gate, ``edgekit verify``), or None.
 
-    def __init__(self, path: str | Path, threads: int = 0, batch: int = 8) -> None:
-        from edgekit.runtime.backends.ort import ort_session
+    With 8-bit weights (the TensorRT layout, or ``--no-int8-reduce-range``) onnxruntime's u8·s8
+    kernels on an x86 host without VNNI saturate their int16 pair sums: the host would measure its
+    own overflow, not the target's int32 arithmetic (ELPV mono, rd-mem-lite0, TensorRT layout:
+    0.813 in onnxruntime here, 0.931 exact, FP32 0.932; benchmarks/README.md, 2026-12-04 late)."""
+    if qinfo.get("reduce_range") is not False:
+        return None
+    if int8_dot is None:
+        from edgekit.runtime.backends.ort import cpu_int8_dot
+
+        int8_dot = cpu_int8_dot()
+    if int8_dot is True:
+        return None
+    target = "TensorRT on the Jetson" if qinfo.get("flavor") == "tensorrt" else "a CPU with VNNI"
+    return (f"8-bit weights and a build host without VNNI, whose int8 kernels saturate; {target} "
+            "accumulates in int32")
+
+
+def scored_as(exact_reason: str | None) -> str:
+    """How a model was scored, for the manifest and ``verify`` (see ``exact_scoring_reason``)."""
+    if exact_reason:
+        return f"the Q/DQ graph's exact arithmetic (onnxruntime graph optimisations off): {exact_reason}"
+    return "onnxruntime on this host, as it runs here"
+
+
+class OnnxModel:
+    """One ONNX file in onnxruntime (CPU), scoring tiles in batches.
+
+    Args:
+        exact: run the graph as written (graph optimisations off: every DequantizeLinear → float
+            op → QuantizeLinear computed in float, i.e. int32-accumulation arithmetic) instead of
+            onnxruntime's fused integer kernels. For an INT8 model with 8-bit weights on a host
+            without VNNI, whose kernels saturate: what a Jetson's TensorRT or a VNNI CPU computes.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0, batch: int = 8, exact: bool = False) -> None:
+        import onnxruntime as ort
+
+        from edgekit.runtime.backends.ort import ort_session, session_options
 
         self.path = Path(path)
         self.batch = batch
+        self.exact = exact
+        so = session_options(threads)
+        if exact:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            self.session = ort_session(path, threads)
+            self.session = ort_session(path, options=so)
         except Exception as exc:  # onnxruntime's own exception types
             raise BundleError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]}); rebuild the bundle") from None
 
@@ -302,8 +343,10 @@ def verify_bundle(bundle_dir: str | Path, data_dir: str | Path, max_images: int 
     for key, entry in bundle.models.items():
         if ref_name == "onnx-fp32" and key == "fp32":
             continue
+        why = None
         if entry.get("kind") == "onnx":
-            model: Any = OnnxModel(bundle.model_path(key), threads)
+            why = exact_scoring_reason(entry.get("quantization") or {}) if key == "int8" else None
+            model: Any = OnnxModel(bundle.model_path(key), threads, exact=why is not None)
         elif entry.get("kind") == "tensorrt":
             if importlib.util.find_spec("tensorrt") is None:
                 skipped.append(f"{key}: tensorrt is not installed here (run verify on the device)")
@@ -313,6 +356,8 @@ def verify_bundle(bundle_dir: str | Path, data_dir: str | Path, max_images: int 
             skipped.append(f"{key}: unknown model kind {entry.get('kind')!r}")
             continue
         results[key] = compare(ref, es.image_scores(model.score_tiles(es.tiles)), es.labels, bundle.thresholds)
+        if entry.get("kind") == "onnx":
+            results[key]["scored_as"] = scored_as(why)
     return {"bundle": str(bundle.path), "bundle_id": bundle.bundle_id, "data": es.source, "n_images": es.n_images,
             "n_tiles": int(len(es.tiles)), "labelled": es.labels is not None, "reference": ref_name,
             "reference_auroc": image_auroc(es.labels, ref) if es.labels is not None else None,
@@ -330,5 +375,7 @@ def format_verify(result: dict[str, Any]) -> str:
         auroc = f"{r['auroc'] * 100:.2f}" if r.get("auroc") is not None else "-"
         lines.append(f"{key:<12}{r['max_abs_diff']:>14.3g}{r['max_rel_diff']:>14.3g}{r['spearman']:>10.4f}{auroc:>8}"
                      f"{r.get('decision_flips', '-'):>7}")
+    lines.extend(f"{key}: scored as {r['scored_as']}" for key, r in result["models"].items()
+                 if str(r.get("scored_as", "")).startswith("the Q/DQ graph's exact"))
     lines.extend(f"skipped {s}" for s in result["skipped"])
     return "\n".join(lines)

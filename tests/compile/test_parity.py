@@ -145,3 +145,58 @@ def test_own_band_and_decision_check_see_what_the_shared_band_hides() -> None:
     dc = decision_check(ref_l, worse, labels, {"accept_edge": 4.0, "reject_edge": 4.0},
                         own_band(ref_l, worse, {"accept_edge": 4.0, "reject_edge": 4.0}, labels == 0, False))
     assert dc["harmful_flips_own_band"] >= 1
+
+
+def test_exact_scoring_only_where_the_host_would_measure_its_own_saturation() -> None:
+    from edgekit.compile.parity import exact_scoring_reason, scored_as
+
+    assert exact_scoring_reason({"reduce_range": True, "flavor": "onnxruntime"}, int8_dot=False) is None  # 7-bit: runs as is
+    assert exact_scoring_reason({"reduce_range": False, "flavor": "tensorrt"}, int8_dot=True) is None  # VNNI: no saturation
+    why = exact_scoring_reason({"reduce_range": False, "flavor": "tensorrt"}, int8_dot=False)
+    assert why and "TensorRT" in why and "saturate" in why
+    assert "VNNI" in exact_scoring_reason({"reduce_range": False, "flavor": "onnxruntime"}, int8_dot=None)  # unknown CPU
+    assert scored_as(why).startswith("the Q/DQ graph's exact arithmetic") and "onnxruntime on this host" in scored_as(None)
+
+
+def test_exact_model_runs_the_qdq_graph_as_written(tiny_multi_bundle: Path, tiny_dataset: Path) -> None:
+    """``OnnxModel(exact=True)`` is onnxruntime with every graph optimisation off: the same scores as
+    a plain session so configured."""
+    import onnxruntime as ort
+
+    from edgekit.compile.parity import OnnxModel, eval_set_from_dir
+
+    b = load_bundle(tiny_multi_bundle)
+    es = eval_set_from_dir(tiny_dataset, b.preprocess, None)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(b.model_path("int8")), so, providers=["CPUExecutionProvider"])
+    want = np.concatenate([plain.run(["score"], {"image": es.tiles[i:i + 8]})[0] for i in range(0, len(es.tiles), 8)])
+    exact = OnnxModel(b.model_path("int8"), exact=True)
+    assert exact.exact and np.allclose(exact.score_tiles(es.tiles), want, rtol=0, atol=1e-6)
+
+
+def test_jetson_int8_gate_on_a_host_without_vnni_scores_the_exact_arithmetic(tiny_run: Path, tiny_dataset: Path,
+                                                                              tmp_path: Path, monkeypatch) -> None:
+    """The TensorRT layout has 8-bit weights: on an x86 build host without VNNI the gate scores the
+    graph's own arithmetic (what TensorRT computes), says so in the manifest, and ``verify`` agrees."""
+    from edgekit.compile.build import build_bundle
+    from edgekit.compile.parity import OnnxModel, eval_set_from_dir, verify_bundle
+    from edgekit.evaluate.metrics import image_auroc
+    from edgekit.runtime.backends import ort as ort_backend
+
+    monkeypatch.setattr(ort_backend, "cpu_int8_dot", lambda: False)
+    out = build_bundle(tiny_run, tmp_path / "b", target="jetson", precisions=["fp32", "int8"], eval_data=tiny_dataset,
+                       allow_degraded=True, calib_max_tiles=8, quiet=True)
+    b = load_bundle(out)
+    acc = b.models["int8"]["accuracy"]
+    assert b.models["int8"]["quantization"]["reduce_range"] is False
+    assert acc["scored_as"].startswith("the Q/DQ graph's exact arithmetic") and "TensorRT" in acc["scored_as"]
+    es = eval_set_from_dir(tiny_dataset, b.preprocess, None)
+    exact = es.image_scores(OnnxModel(b.model_path("int8"), exact=True).score_tiles(es.tiles))
+    assert acc["auroc"] == pytest.approx(image_auroc(es.labels, exact), abs=1e-12)
+    r = verify_bundle(out, tiny_dataset, use_torch=False)
+    assert r["models"]["int8"]["scored_as"] == acc["scored_as"]
+    assert r["models"]["int8"]["auroc"] == pytest.approx(acc["auroc"], abs=1e-12)
+    # a host with VNNI runs the model as it is
+    monkeypatch.setattr(ort_backend, "cpu_int8_dot", lambda: True)
+    assert verify_bundle(out, tiny_dataset, use_torch=False)["models"]["int8"]["scored_as"].startswith("onnxruntime")
