@@ -212,8 +212,8 @@ def exact_scoring_reason(qinfo: dict[str, Any], int8_dot: bool | None = None) ->
     if int8_dot is True:
         return None
     target = "TensorRT on the Jetson" if qinfo.get("flavor") == "tensorrt" else "a CPU with VNNI"
-    return (f"8-bit weights and a build host without VNNI, whose int8 kernels saturate; {target} "
-            "accumulates in int32")
+    cpu = "this host has no VNNI" if int8_dot is False else "this host's int8 dot products are unknown"
+    return f"8-bit weights, and {cpu}: its int8 kernels would saturate; {target} accumulates in int32"
 
 
 def scored_as(exact_reason: str | None) -> str:
