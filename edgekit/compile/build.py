@@ -348,9 +348,10 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
     if len(keys) > 1:
         from edgekit.compile.parity import exact_scoring_reason
 
-        exact = {"int8": why} if "int8" in keys and (why := exact_scoring_reason(models["int8"]["quantization"])) else {}
-        if exact and not quiet:
-            print(f"int8 gate: scored as the Q/DQ graph's exact arithmetic ({exact['int8']})")
+        exact = {k: why for k in keys[1:] if (why := exact_scoring_reason(models[k].get("quantization") or {}))}
+        for key, why in exact.items():
+            if not quiet:
+                print(f"{key} gate: scored as the Q/DQ graph's exact arithmetic ({why})")
         gate = _gate(run, tmp, keys[1:], eval_data, thresholds, allow_degraded, eval_max_images, quiet, exact)
         for key in keys[1:]:
             models[key]["accuracy"] = gate["results"][key]

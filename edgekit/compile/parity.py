@@ -345,7 +345,7 @@ def verify_bundle(bundle_dir: str | Path, data_dir: str | Path, max_images: int 
             continue
         why = None
         if entry.get("kind") == "onnx":
-            why = exact_scoring_reason(entry.get("quantization") or {}) if key == "int8" else None
+            why = exact_scoring_reason(entry.get("quantization") or {})
             model: Any = OnnxModel(bundle.model_path(key), threads, exact=why is not None)
         elif entry.get("kind") == "tensorrt":
             if importlib.util.find_spec("tensorrt") is None:

@@ -146,27 +146,8 @@ class OrtBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"{path}: onnxruntime cannot load the model ({str(exc).splitlines()[0]}); rebuild the bundle") from None
         q = bundle.models.get(self.cfg.precision, {}).get("quantization", {})
-        if self.cfg.precision == "int8" and q.get("reduce_range") is False and cpu_int8_dot() is False:
-            import logging
-
-            from edgekit.runtime.logs import LOGGER_NAME, emit
-
-            # not refused: the model runs, but u8s8 products may saturate; the accuracy gate ran on
-            # the build host, which had VNNI
-            emit(logging.getLogger(LOGGER_NAME), logging.WARNING, "int8_saturation_risk",
-                 model=str(path), fix="this CPU has no VNNI: rebuild the bundle with `edgekit build "
-                 "--int8-reduce-range` (7-bit weights) or run precision fp32")
-        if self.cfg.precision == "int8" and q.get("float_depthwise") and "onnxruntime_disabled_optimizers" not in q:
-            import logging
-
-            from edgekit.runtime.logs import LOGGER_NAME, emit
-
-            # built before edgekit's sessions turned WeightBiasQuantization off: the build's gate
-            # scored the depthwise convs as per-tensor int8, this session runs them float
-            emit(logging.getLogger(LOGGER_NAME), logging.WARNING, "int8_gate_stale",
-                 model=str(path), fix="this bundle's INT8 accuracy gate was measured while onnxruntime "
-                 "re-quantized its float depthwise convolutions; rebuild it with `edgekit build "
-                 "--eval-data DIR` so the gate measures what runs now")
+        if self.cfg.precision == "int8":
+            self._int8_warnings(str(path), q)
         names = {o.name for o in sess.get_outputs()}
         if "score" not in names or [i.name for i in sess.get_inputs()] != ["image"]:
             raise BundleError(f"{path}: model does not follow the contract (input 'image', outputs "
@@ -176,6 +157,28 @@ class OrtBackend(Backend):
         self._outputs = ["score", "anomaly_map"] if (self.cfg.maps and "anomaly_map" in names) else ["score"]
         self._sess = sess
         self.model_id = f"{bundle.bundle_id}:{self.cfg.precision}"
+
+    @staticmethod
+    def _int8_warnings(model: str, q: dict[str, Any]) -> None:
+        """What an INT8 model's manifest says about running it here: warnings, never a refusal."""
+        import logging
+
+        from edgekit.runtime.logs import LOGGER_NAME, emit
+
+        log = logging.getLogger(LOGGER_NAME)
+        if q.get("reduce_range") is False and cpu_int8_dot() is False:
+            # the model runs, but u8s8 products may saturate; the accuracy gate ran on the build
+            # host, which had VNNI
+            emit(log, logging.WARNING, "int8_saturation_risk", model=model,
+                 fix="this CPU has no VNNI: rebuild the bundle with `edgekit build --int8-reduce-range` "
+                 "(7-bit weights) or run precision fp32")
+        if q.get("float_depthwise") and "onnxruntime_disabled_optimizers" not in q:
+            # built before edgekit's sessions turned WeightBiasQuantization off: the build's gate
+            # scored the depthwise convs as per-tensor int8, this session runs them float
+            emit(log, logging.WARNING, "int8_gate_stale", model=model,
+                 fix="this bundle's INT8 accuracy gate was measured while onnxruntime re-quantized its "
+                 "float depthwise convolutions; rebuild it with `edgekit build --eval-data DIR` so the "
+                 "gate measures what runs now")
 
     def infer(self, batch: Batch) -> RawOutput:
         if self._sess is None:
