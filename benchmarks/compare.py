@@ -256,11 +256,15 @@ def metrics_from_tiles(ts: TestSet, maps: np.ndarray, scores: np.ndarray, name: 
 
 
 def summarise(m: dict[str, Any]) -> dict[str, Any]:
-    """The four numbers the table shows (None where undefined, e.g. no masks → no pixel metrics)."""
+    """The four numbers the table shows (None where undefined, e.g. no masks → no pixel metrics),
+    the image AUROC of each defect type against all good images (``per_defect``: type → AUROC) and
+    its image count (``n_per_defect``): which defects a method misses when two totals are close."""
     cov = m.get("coverage") or {}
+    types = [r for r in m.get("per_defect") or [] if r["defect_type"] != "good"]
     return {"image_auroc": m.get("image_auroc"), "pixel_auroc": m.get("pixel_auroc"), "pro": m.get("pro"),
             "coverage": cov.get("coverage"), "n_good": m.get("n_good"), "n_defect": m.get("n_defect"),
-            "n_pixel_images": m.get("n_pixel_images")}
+            "n_pixel_images": m.get("n_pixel_images"), "per_defect": {r["defect_type"]: r["auroc"] for r in types},
+            "n_per_defect": {r["defect_type"]: r["n"] for r in types}}
 
 
 # ----------------------------------------------------------------------------- backbone weights
@@ -593,6 +597,7 @@ def write_table(rows: list[dict[str, Any]], targets: list[dict[str, Any]], meta:
         lines.append(f"| {r['side']} | {r['model']} | {r['precision']} | {_f(r.get('image_auroc'))} | "
                      f"{_f(r.get('pixel_auroc'))} | {_f(r.get('pro'))} | {_f(r.get('coverage'))} | {tt} | "
                      f"{_lat(r.get('eager'))} | {_lat(r.get('ort'))} | {notes} |")
+    lines += per_defect_table(rows)
     if targets:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         for t in targets:
@@ -600,6 +605,29 @@ def write_table(rows: list[dict[str, Any]], targets: list[dict[str, Any]], meta:
     text = "\n".join(lines) + "\n"
     path.write_text(text, encoding="utf-8")
     return text
+
+
+def per_defect_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of image AUROC per defect type (one column per type, the best of each column
+    in bold); empty when the test set has fewer than two defect types."""
+    done = [r for r in rows if not r.get("skipped") and r.get("per_defect")]
+    types = sorted({t for r in done for t in r["per_defect"]})
+    if len(types) < 2:
+        return []
+    best = {t: max((r["per_defect"].get(t) for r in done if r["per_defect"].get(t) is not None), default=None)
+            for t in types}
+    n = {t: next((c for r in done if (c := (r.get("n_per_defect") or {}).get(t))), None) for t in types}
+
+    def cell(r: dict[str, Any], t: str) -> str:
+        v = r["per_defect"].get(t)
+        return "–" if v is None else f"**{v:.3f}**" if best[t] is not None and v >= best[t] else f"{v:.3f}"
+
+    head = " | ".join(f"{t} ({n[t]})" if n[t] else t for t in types)
+    lines = ["", "Image AUROC per defect type (each type against all good images; best in bold):", "",
+             f"| side | model | prec | {head} |", "|---|---|---|" + "---|" * len(types)]
+    for r in done:
+        lines.append(f"| {r['side']} | {r['model']} | {r['precision']} | " + " | ".join(cell(r, t) for t in types) + " |")
+    return lines
 
 
 def write_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:

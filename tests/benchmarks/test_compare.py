@@ -82,6 +82,26 @@ def test_write_table(tmp_path: Path) -> None:
     assert "| **no** |" in text and "| yes |" in text
 
 
+def test_per_defect_table_marks_the_best_of_each_type(tmp_path: Path) -> None:
+    rows = [_row("edgekit", "rd-lite0", "fp32", 0.9, 20.0, per_defect={"crack": 0.51, "break": 0.94},
+                 n_per_defect={"crack": 20, "break": 18}),
+            _row("edgekit", "cse-lite0", "fp32", 0.9, 10.0, per_defect={"crack": 0.73, "break": 0.84},
+                 n_per_defect={"crack": 20, "break": 18}),
+            _row("anomalib", "patchcore", "fp32", 0.9, 40.0, per_defect={"crack": 0.73, "break": None}),
+            ROWS[-1]]
+    lines = compare.per_defect_table(rows)
+    assert "| side | model | prec | break (18) | crack (20) |" in lines
+    assert "| edgekit | rd-lite0 | fp32 | **0.940** | 0.510 |" in lines
+    assert "| edgekit | cse-lite0 | fp32 | 0.840 | **0.730** |" in lines
+    assert "| anomalib | patchcore | fp32 | – | **0.730** |" in lines  # a tie is bold on both
+    assert not any("reverse_distillation" in ln for ln in lines)  # skipped rows have no scores
+    text = compare.write_table(rows, [], {"dataset": "parts"}, tmp_path / "t.md")
+    assert "Image AUROC per defect type" in text
+    # one defect type (ELPV's "defect"): the main table already says it
+    assert compare.per_defect_table([_row("edgekit", "rd", "fp32", 0.9, 1.0, per_defect={"defect": 0.9})]) == []
+    assert compare.per_defect_table(ROWS) == []  # rows without the key (older results.json)
+
+
 def test_write_plot(tmp_path: Path) -> None:
     p = compare.write_plot(ROWS, tmp_path / "plot.png", "test")
     assert p is not None and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -122,6 +142,8 @@ def test_metrics_from_tiles_match_compute_metrics(tiny_dataset: Path) -> None:
     assert s["pixel_auroc"] == pytest.approx(1.0)
     assert s["coverage"] == pytest.approx(1.0)
     assert s["n_good"] == 8 and s["n_defect"] == 8
+    assert s["n_per_defect"] and sum(s["n_per_defect"].values()) == 8 and "good" not in s["per_defect"]
+    assert all(v == pytest.approx(1.0) for v in s["per_defect"].values())
 
 
 def test_find_reusable_run(tmp_path: Path) -> None:
