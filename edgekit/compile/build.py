@@ -199,7 +199,8 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
                  eval_data: str | Path | None = None, allow_degraded: bool = False, archive: bool = False,
                  calib_max_tiles: int = 96, eval_max_images: int | None = None, int8_exclude_stem: bool = False,
                  int8_reduce_range: bool | None = None, trt: Any = None, cudart: Any = None,
-                 sign_key: str | Path | None = None, int8_float_depthwise: bool = True) -> Path:
+                 sign_key: str | Path | None = None, int8_float_depthwise: bool = True,
+                 int8_float_high_resolution: bool = True) -> Path:
     """Compile a run into a bundle directory (replaced atomically if it exists).
 
     Args:
@@ -212,6 +213,8 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
         int8_reduce_range: 7-bit int8 weights (see ``quantize_int8``); None: for the cpu target,
             on unless the build host has VNNI (or is ARM); recorded with its reason.
         int8_float_depthwise: keep depthwise convolutions float in INT8 (``quantize.depthwise_nodes``).
+        int8_float_high_resolution: keep the layers finer than stride 8 float in INT8
+            (``quantize.high_resolution_nodes``).
         archive: also write ``<bundle_dir>.edgekit`` (single-file tar, manifest first).
         sign_key: Ed25519 private key file (``edgekit keys new``): ``manifest.sig`` is written
             over the final manifest before the bundle appears (``edgekit.bundle.signing``).
@@ -233,7 +236,7 @@ def build_bundle(run_dir: str | Path, bundle_dir: str | Path, target: str = "cpu
     try:
         manifest = _build_into(run, Path(run_dir), tmp, out, target, keys, calib_data, eval_data, allow_degraded,
                                calib_max_tiles, eval_max_images, int8_exclude_stem, int8_reduce_range, trt, cudart, quiet,
-                               cal, int8_float_depthwise)
+                               cal, int8_float_depthwise, int8_float_high_resolution)
         if signer is not None:  # over the manifest just written and read back; before the bundle appears
             from edgekit.bundle.signing import sign_bundle
 
@@ -279,7 +282,8 @@ def _signer(sign_key: str | Path | None, out: Path) -> Any:
 def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys: list[str], calib_data: Any,
                 eval_data: Any, allow_degraded: bool, calib_max_tiles: int, eval_max_images: int | None,
                 int8_exclude_stem: bool, int8_reduce_range: bool | None, trt: Any, cudart: Any, quiet: bool,
-                cal: dict[str, Any], int8_float_depthwise: bool = True) -> dict[str, Any]:
+                cal: dict[str, Any], int8_float_depthwise: bool = True,
+                int8_float_high_resolution: bool = True) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import torch
@@ -334,7 +338,7 @@ def _build_into(run: Any, run_dir: Path, tmp: Path, out: Path, target: str, keys
                 print(f"int8: {rr_reason} (override with --int8-reduce-range / --no-int8-reduce-range)")
         qinfo = quantize_int8(onnx_path, tmp / MODEL_FILES["int8"], tiles, exclude_stem=int8_exclude_stem,
                               progress=not quiet, flavor=flavor, reduce_range=reduce_range,
-                              float_depthwise=int8_float_depthwise)
+                              float_depthwise=int8_float_depthwise, float_high_resolution=int8_float_high_resolution)
         qinfo["reduce_range_reason"] = rr_reason
         set_metadata(tmp / MODEL_FILES["int8"], {**meta, "edgekit.precision": "int8"})
         models["int8"] = {"file": MODEL_FILES["int8"], "kind": "onnx", "precision": "int8", "quantization": qinfo,
@@ -474,7 +478,7 @@ def build_engines_in(bundle_dir: str | Path, precisions: Sequence[str] | None = 
 def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None, precision: str = "fp32",
               calib_data: str | None = None, eval_data: str | None = None, allow_degraded: bool = False,
               engine_only: bool = False, archive: bool = False, int8_reduce_range: bool | None = None,
-              sign: str | None = None, int8_float_depthwise: bool = True) -> None:
+              sign: str | None = None, int8_float_depthwise: bool = True, int8_float_high_resolution: bool = True) -> None:
     """`edgekit build`: a run directory → bundle; with ``--engine-only`` a bundle → its engines.
     ``sign``: private key file; the bundle's manifest is signed (``manifest.sig``)."""
     if engine_only:
@@ -505,4 +509,5 @@ def build_cli(model_dir: str, target: str = "cpu", bundle_dir: str | None = None
         print(f"no --out given: writing the bundle to {out} (beside the run)")
     build_bundle(model_dir, out, target=target, precisions=parse_precisions(precision), calib_data=calib_data,
                  eval_data=eval_data, allow_degraded=allow_degraded, archive=archive,
-                 int8_reduce_range=int8_reduce_range, sign_key=sign, int8_float_depthwise=int8_float_depthwise)
+                 int8_reduce_range=int8_reduce_range, sign_key=sign, int8_float_depthwise=int8_float_depthwise,
+                 int8_float_high_resolution=int8_float_high_resolution)

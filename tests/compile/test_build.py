@@ -84,7 +84,8 @@ def test_int8_reduce_range_is_explicit_and_recorded(tiny_run: Path, tiny_dataset
                        allow_degraded=True, calib_max_tiles=8, int8_reduce_range=False, quiet=True)
     q = load_bundle(out).models["int8"]["quantization"]
     assert q["reduce_range"] is False and q["weight_type"] == "int8-symmetric-per-channel"
-    assert q["input_norm"] == "folded-into-stem"
+    # the stem is among the float high-resolution layers, so the normalisation stays float
+    assert q["float_high_resolution"] is True and q["input_norm"] == "float-nhwc"
 
 
 def test_int8_reduce_range_default_follows_the_build_host(tiny_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:

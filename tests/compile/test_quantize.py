@@ -16,6 +16,7 @@ from edgekit.compile.quantize import (
     calibration_tiles,
     convert_fp16,
     depthwise_nodes,
+    high_resolution_nodes,
     qdq_counts,
     quantize_int8,
     scoring_tail,
@@ -118,8 +119,10 @@ def test_depthwise_convs_stay_float_unless_asked(tiny_bundle: Path, tiny_dataset
     assert dw and all(inits[n.input[1]].dims[1] == 1 for n in m.graph.node if n.name in dw)
     assert stem_nodes(m)[0] not in dw
     tiles = _tiles(tiny_bundle, tiny_dataset, 4)
-    kept = quantize_int8(src, tmp_path / "f.onnx", tiles, progress=False)
-    asked = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False, float_depthwise=False)
+    # high-resolution layers int8 on both sides, so that only the depthwise choice differs
+    kept = quantize_int8(src, tmp_path / "f.onnx", tiles, progress=False, float_high_resolution=False)
+    asked = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False, float_depthwise=False,
+                          float_high_resolution=False)
     assert kept["float_depthwise"] is True and asked["float_depthwise"] is False
 
     def grouped(path: Path) -> dict[str, bool]:  # depthwise conv → whether its weights are dequantized int8
@@ -134,6 +137,64 @@ def test_depthwise_convs_stay_float_unless_asked(tiny_bundle: Path, tiny_dataset
     assert set(f) <= set(kept["float_compute_nodes"]) and not set(i) & set(asked["float_compute_nodes"])
     # nothing else changed: the same number of other convs run in float either way
     assert len(kept["float_compute_nodes"]) - len(f) == len(asked["float_compute_nodes"])
+
+
+def _shapes(m: onnx.ModelProto) -> dict[str, list[int]]:
+    g = onnx.shape_inference.infer_shapes(m).graph
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*g.value_info, *g.output]}
+
+
+def test_high_resolution_layers_stay_float_unless_asked(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    src = load_bundle(tiny_bundle).model_path("fp32")
+    m = onnx.load(str(src))
+    side = m.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    hires = high_resolution_nodes(m)
+    shapes = _shapes(m)
+    # exactly the nodes with a 4-D output finer than stride 8: the stem, the stride-2/4 blocks
+    finer = [n.name for n in m.graph.node if len(shapes.get(n.output[0], [])) == 4
+             and min(shapes[n.output[0]][2:]) * 8 > side]
+    assert hires == finer and stem_nodes(m)[0] in hires
+    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.name in hires]
+    assert convs and any(shapes[n.output[0]][2] * 4 == side for n in convs)  # stride 4 is included
+    assert any(n.op_type == "Conv" and n.name not in hires for n in m.graph.node)  # stride 8 on is not
+
+    tiles = _tiles(tiny_bundle, tiny_dataset, 4)
+    kept = quantize_int8(src, tmp_path / "f.onnx", tiles, progress=False)
+    asked = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False, float_high_resolution=False)
+    assert kept["float_high_resolution"] is True and kept["high_resolution_stride"] == 8
+    assert kept["high_resolution_nodes"] == len(hires) and asked["high_resolution_nodes"] == 0
+    # the stem is float, so the input normalisation stays float too (nothing folds into an int8 stem)
+    assert kept["exclude_stem"] is True and kept["input_norm"] != "folded-into-stem"
+    assert asked["exclude_stem"] is False and asked["input_norm"] == "folded-into-stem"
+    tail = set(scoring_tail(m))  # the blur convs of the map: float anyway
+    pointwise = {n.name for n in convs} - set(depthwise_nodes(m)) - tail
+    assert stem_nodes(m)[0] in pointwise  # the stem and the stride-2/4 expansions and projections
+    assert pointwise <= set(kept["float_compute_nodes"])
+    assert not pointwise & set(asked["float_compute_nodes"])
+    # every conv at stride 8 and coarser computes in int8 either way, except the depthwise ones
+    q = onnx.load(str(tmp_path / "f.onnx"))
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    coarse = [n for n in q.graph.node if n.op_type == "Conv" and n.name not in hires and n.name not in tail
+              and n.name not in depthwise_nodes(m)]
+    assert coarse and all(producers.get(n.input[1]) == "DequantizeLinear" for n in coarse)
+
+
+def test_high_resolution_needs_a_static_input_side() -> None:
+    from onnx import helper
+
+    def graph(h: int | str) -> onnx.ModelProto:
+        w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="/c1", kernel_shape=[3, 3], strides=[2, 2],
+                                  pads=[1, 1, 1, 1]),
+                 helper.make_node("Conv", ["y", "w2"], ["z"], name="/c2", kernel_shape=[1, 1], strides=[8, 8])]
+        w2 = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2")
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, h, h])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [w, w2])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert high_resolution_nodes(graph(32)) == ["/c1"]  # 16² of 32² is stride 2; c2 is stride 16
+    assert high_resolution_nodes(graph(32), max_stride=32) == ["/c1", "/c2"]
+    assert high_resolution_nodes(graph("h")) == []  # dynamic side: nothing to compare with
 
 
 def test_scoring_tail_starts_at_normalisation(tiny_bundle: Path) -> None:
@@ -258,7 +319,8 @@ def test_input_norm_fold_refuses_a_padded_stem_with_imagenet_means() -> None:
 def test_onnxruntime_int8_stem_reads_the_uint8_image(tiny_bundle: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     src = load_bundle(tiny_bundle).model_path("fp32")
     tiles = _tiles(tiny_bundle, tiny_dataset, 8)
-    info = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False, flavor="onnxruntime")
+    info = quantize_int8(src, tmp_path / "q.onnx", tiles, progress=False, flavor="onnxruntime",
+                         float_high_resolution=False)  # by default the stem is float (high resolution)
     assert info["input_norm"] == "folded-into-stem" and info["input_norm_fold"]["zero_point"] == 128
     q = onnx.load(str(tmp_path / "q.onnx"))
     onnx.checker.check_model(q, full_check=True)
