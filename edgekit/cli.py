@@ -223,8 +223,9 @@ def calibrate(model_dir: str, data_dir: str, frr: str, confidence: float, method
                    "warns on a CPU without VNNI).")
 @click.option("--int8-float-depthwise/--int8-quantize-depthwise", default=True, show_default=True,
               help="INT8: keep depthwise convolutions float (each sums only k² products of one channel, so "
-                   "rounding does not average out). --int8-quantize-depthwise makes them int8 too: faster on "
-                   "x86 CPUs, about 1 pt AUROC lower on ELPV.")
+                   "rounding does not average out). --int8-quantize-depthwise makes them int8 too: with the "
+                   "high-resolution layers float, about 7 % faster on a 2-core x86 CPU and within 0.1 pt AUROC "
+                   "on ELPV and synthetic parts (benchmarks/README.md, 2026-12-05).")
 @click.option("--int8-float-high-resolution/--int8-quantize-high-resolution", default=True, show_default=True,
               help="INT8: keep the stem and the layers finer than stride 8 float (they see the image almost "
                    "pixel by pixel: on ELPV mono INT8 0.927 -> 0.932 = FP32, synthetic parts pixel AUROC "
