@@ -331,7 +331,7 @@ def _bypass_stem_input_qdq(model: onnx.ModelProto, fold: dict[str, Any]) -> None
     producers = {o: n for n in model.graph.node for o in n.output}
     q = next((n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == fold["stem_input"]), None)
     if q is None or len(q.input) < 3:
-        raise BundleError("int8: the quantizer left the stem input unquantized; rebuild with --int8-exclude-stem")
+        raise BundleError("int8: the quantizer left the stem input unquantized; rebuild without --int8-quantize-high-resolution (the stem then stays float)")
     s = float(numpy_helper.to_array(inits[q.input[1]]))
     z = numpy_helper.to_array(inits[q.input[2]])
     if z.dtype != np.uint8 or int(z) != fold["zero_point"] or not np.isclose(s, fold["scale"], rtol=1e-6):
@@ -570,7 +570,7 @@ def quantize_int8(src: str | Path, dst: str | Path, calib_tiles: np.ndarray, exc
         onnx.save(model, str(pre))
         tail = scoring_tail(model)
         # the input normalisation stays float (quantizing its Add would round the pixels)
-        excluded = list(dict.fromkeys([*tail, *[n.name for n in model.graph.node if n.name.startswith("/input_norm/")], *(stem_nodes(model) if exclude_stem else []),
+        excluded = list(dict.fromkeys([*tail, *[n.name for n in model.graph.node if n.name.startswith("/input_norm/")], *(stem if exclude_stem else []),
                                          *(depthwise_nodes(model) if float_depthwise else []), *hires, *extra_exclude]))
         calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
         extra: dict[str, Any] = {
